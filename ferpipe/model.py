@@ -1,0 +1,85 @@
+"""The CNNs, written against Keras 3 alone so that any backend (TensorFlow, JAX, torch) runs them."""
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from ferpipe import CLASS_NAMES, IMAGE_SIZE
+
+MODELS = ("seed", "compact", "vgg")
+
+
+def augmentation(augment: dict) -> list[layers.Layer]:
+    """Random layers that act on training batches only (Keras skips them at inference)."""
+    # float32 even under a bfloat16 policy: interpolating 0-255 pixels in bfloat16 loses detail
+    f32 = {"dtype": "float32"}
+    steps = []
+    if augment["flip"]:
+        steps.append(layers.RandomFlip("horizontal", **f32))
+    if augment["rotation"]:
+        steps.append(layers.RandomRotation(augment["rotation"] / 360.0, fill_mode="nearest", **f32))
+    if augment["zoom"]:
+        steps.append(layers.RandomZoom(augment["zoom"], fill_mode="nearest", **f32))
+    if augment["translate"]:
+        t = augment["translate"]
+        steps.append(layers.RandomTranslation(t, t, fill_mode="nearest", **f32))
+    if augment["erasing"]:
+        steps.append(layers.RandomErasing(factor=augment["erasing"], value_range=(0, 1), **f32))
+    return steps
+
+
+def _conv_bn_relu(x, filters, kernel=3):
+    x = layers.Conv2D(filters, kernel, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.Activation("relu")(x)
+
+
+def _dense_bn_relu(x, units):
+    x = layers.Dense(units, use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.Activation("relu")(x)
+
+
+def _seed_body(x, width, dropout):
+    """The seed notebook's network: 4 conv blocks 64-128-512-512, dense 256-512 (~4.5M params at width 64)."""
+    for filters, kernel in ((width, 3), (2 * width, 5), (8 * width, 3), (8 * width, 3)):
+        x = _conv_bn_relu(x, filters, kernel)
+        x = layers.MaxPooling2D()(x)
+        x = layers.Dropout(0.25)(x)
+    x = layers.Flatten()(x)
+    for units in (256, 512):
+        x = _dense_bn_relu(x, units)
+        x = layers.Dropout(dropout)(x)
+    return x
+
+
+def _vgg_body(x, width, dropout, convs_per_block, head_units):
+    """VGG-style: blocks of 3x3 convs at widths w, 2w, 4w, 8w, each halving the resolution."""
+    for block, convs in enumerate(convs_per_block):
+        for _ in range(convs):
+            x = _conv_bn_relu(x, width * 2**block)
+        x = layers.MaxPooling2D()(x)
+        x = layers.Dropout(dropout / 2)(x)
+    x = layers.Flatten()(x)
+    x = _dense_bn_relu(x, head_units)
+    return layers.Dropout(dropout)(x)
+
+
+def build_model(train: dict) -> keras.Model:
+    """The network named by train.model, with rescaling to [0,1] and augmentation in front."""
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")  # grayscale 0-255
+    x = layers.Rescaling(1 / 255.0, dtype="float32")(inputs)
+    for layer in augmentation(train["augment"]):
+        x = layer(x)
+    name, width, dropout = train["model"], train["width"], train["dropout"]
+    if name == "seed":
+        x = _seed_body(x, width, dropout)
+    elif name == "compact":
+        x = _vgg_body(x, width, dropout, (2, 2, 2, 2), head_units=256)
+    elif name == "vgg":
+        x = _vgg_body(x, width, dropout, (2, 2, 3, 3), head_units=512)
+    else:
+        raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
+    x = layers.Dense(len(CLASS_NAMES))(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"fer_{name}")

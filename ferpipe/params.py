@@ -1,0 +1,145 @@
+"""Read params.yaml and validate every value before any work starts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ferpipe import FerError
+
+
+class ParamsError(FerError):
+    pass
+
+
+def _number(lo=None, hi=None, lo_open=False, integer=False):
+    kind = "an integer" if integer else "a number"
+    bounds = []
+    if lo is not None:
+        bounds.append(f"{'>' if lo_open else '>='} {lo}")
+    if hi is not None:
+        bounds.append(f"<= {hi}")
+    allowed = kind + (" " + " and ".join(bounds) if bounds else "")
+
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return allowed
+        if integer and not isinstance(value, int):
+            return allowed
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            return allowed
+        if hi is not None and value > hi:
+            return allowed
+        return None
+
+    return check
+
+
+def _choice(*options):
+    def check(value):
+        return None if value in options else "one of " + ", ".join(repr(o) for o in options)
+
+    return check
+
+
+def _boolean(value):
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _text(value):
+    return None if isinstance(value, str) and value.strip() else "a non-empty string"
+
+
+SCHEMA = {
+    "prepare": {
+        "data_root": _text,
+        "val_fraction": _number(0, 0.9, lo_open=True),
+        "seed": _number(0, integer=True),
+    },
+    "train": {
+        "model": _choice("seed", "compact", "vgg"),
+        "width": _number(4, 512, integer=True),
+        "dropout": _number(0, 0.9),
+        "epochs": _number(1, 1000, integer=True),
+        "batch_size": _number(1, 4096, integer=True),
+        "lr": _number(0, 1, lo_open=True),
+        "optimizer": _choice("adam", "sgd"),
+        "weight_decay": _number(0, 0.1),
+        "schedule": _choice("plateau", "cosine", "onecycle"),
+        "plateau_factor": _number(0, 1, lo_open=True),
+        "plateau_patience": _number(0, 100, integer=True),
+        "early_stopping_patience": _number(0, 1000, integer=True),
+        "time_budget_minutes": _number(0),
+        "label_smoothing": _number(0, 0.5),
+        "class_weight": _choice("none", "balanced"),
+        "precision": _choice("auto", "float32", "bfloat16"),
+        "seed": _number(0, integer=True),
+        "augment": {
+            "rotation": _number(0, 180),
+            "zoom": _number(0, 0.9),
+            "flip": _boolean,
+            "translate": _number(0, 0.5),
+            "erasing": _number(0, 1),
+        },
+    },
+    "evaluate": {
+        "tta": _choice("none", "flip"),
+        "batch_size": _number(1, 8192, integer=True),
+    },
+    "visualize": {
+        "seed": _number(0, integer=True),
+        "sample_images": _number(1, 100, integer=True),
+        "grid_images": _number(1, 200, integer=True),
+    },
+}
+
+
+def _validate(values, schema, prefix, errors):
+    if not isinstance(values, dict):
+        errors.append(f"{prefix or 'params'}: expected a mapping of keys, got {values!r}")
+        return
+    for key in values:
+        if key not in schema:
+            where = f"{prefix}." if prefix else ""
+            errors.append(
+                f"{where}{key}: unknown key; allowed keys here: {', '.join(schema)}"
+            )
+    for key, rule in schema.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in values:
+            errors.append(f"{name}: missing")
+        elif isinstance(rule, dict):
+            _validate(values[key], rule, name, errors)
+        else:
+            problem = rule(values[key])
+            if problem:
+                errors.append(f"{name}: got {values[key]!r}, expected {problem}")
+
+
+def validate(params: dict, sections=None) -> dict:
+    """Check `params` against SCHEMA (every section, or only `sections`); raise ParamsError."""
+    schema = SCHEMA if sections is None else {s: SCHEMA[s] for s in sections}
+    errors: list[str] = []
+    if sections is None:
+        _validate(params, schema, "", errors)
+    else:
+        for section in sections:
+            if section not in params:
+                errors.append(f"{section}: missing section")
+            else:
+                _validate(params[section], schema[section], section, errors)
+    if errors:
+        raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(errors))
+    return params
+
+
+def load(path="params.yaml", sections=None) -> dict:
+    """Load and validate params.yaml; return the whole mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the project root)")
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return validate(params, sections)

@@ -1,0 +1,81 @@
+"""prepare: index the FER-2013 image folders and split train/ into train and val (stratified, seeded).
+
+Writes data/prepared/index.csv (path, label, split), data/prepared/images.npy (48x48 uint8,
+row-aligned with the index), data/prepared/report.json (files excluded or converted) and
+metrics/dataset.json (images per class per split).
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ferpipe import CLASS_NAMES, data, params
+from ferpipe.stage import run_stage
+
+OUT_DIR = Path("data/prepared")
+STATS_FILE = Path("metrics/dataset.json")
+
+
+def main():
+    prepare = params.load()["prepare"]
+    files = data.check_layout(prepare["data_root"])
+    report = data.DecodeReport()
+    frames, arrays = [], []
+    for split in data.SPLITS:
+        for label in CLASS_NAMES:
+            paths = files[split][label]
+            images, ok = data.load_images(paths, report)
+            kept = [p.as_posix() for p, good in zip(paths, ok) if good]
+            frames.append(pd.DataFrame({"path": kept, "label": label, "split": split}))
+            arrays.append(images)
+            print(f"{split:>5}/{label:<8} {len(kept):>6} images", flush=True)
+    index, images = pd.concat(frames, ignore_index=True), np.concatenate(arrays)
+
+    is_train = (index["split"] == "train").to_numpy()
+    labels = index["label"].map(CLASS_NAMES.index).to_numpy()
+    is_val = np.zeros(len(index), dtype=bool)
+    is_val[is_train] = data.stratified_split(labels[is_train], prepare["val_fraction"], prepare["seed"])
+    index.loc[is_val, "split"] = "val"
+
+    order = index.sort_values(["split", "path"], kind="stable").index.to_numpy()
+    index, images = index.iloc[order].reset_index(drop=True), images[order]
+    for label in CLASS_NAMES:
+        if not ((index["split"] == "train") & (index["label"] == label)).any():
+            raise data.DataLayoutError(f"no decodable training image of class '{label}' is left")
+
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    index.to_csv(OUT_DIR / data.INDEX_FILE, index=False)
+    np.save(OUT_DIR / data.IMAGES_FILE, images)
+    (OUT_DIR / "report.json").write_text(json.dumps(report.__dict__, indent=2) + "\n")
+
+    counts = index.groupby(["split", "label"]).size()
+    stats = {
+        split: {label: int(counts.get((split, label), 0)) for label in CLASS_NAMES}
+        | {"total": int((index["split"] == split).sum())}
+        for split in ("train", "val", "test")
+    }
+    stats["excluded_undecodable"] = len(report.undecodable)
+    stats["converted_to_grayscale"] = len(report.converted_to_grayscale)
+    stats["resized_to_48x48"] = len(report.resized)
+    STATS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    STATS_FILE.write_text(json.dumps(stats, indent=2) + "\n")
+
+    if report.undecodable:
+        shown = "\n  ".join(report.undecodable[:20])
+        more = f"\n  ... and {len(report.undecodable) - 20} more" if len(report.undecodable) > 20 else ""
+        print(
+            f"WARNING: excluded {len(report.undecodable)} file(s) that are not readable images "
+            f"(full list in {OUT_DIR / 'report.json'}):\n  {shown}{more}",
+            file=sys.stderr,
+        )
+    for what, items in (("colour images converted to grayscale", report.converted_to_grayscale),
+                        ("images resized to 48x48", report.resized)):
+        if items:
+            print(f"note: {len(items)} {what} (listed in {OUT_DIR / 'report.json'})", file=sys.stderr)
+    print(f"indexed {len(index)} images: " + ", ".join(f"{s} {stats[s]['total']}" for s in ("train", "val", "test")))
+
+
+if __name__ == "__main__":
+    run_stage(main)

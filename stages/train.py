@@ -1,0 +1,67 @@
+"""train: fit the CNN named in params (augmentation, LR schedule, early stopping) and save it.
+
+Per-epoch loss, accuracy, val loss, val accuracy and learning rate go to DVCLive
+(metrics/train/); the model with the best validation loss is saved to models/model.keras.
+"""
+import time
+from pathlib import Path
+
+import keras
+from dvclive import Live
+from dvclive.utils import standardize_metric_name
+
+from ferpipe import params
+from ferpipe.data import PreparedData
+from ferpipe.training import cpu_name, fit, resolve_precision
+
+PREPARED_DIR = Path("data/prepared")
+LIVE_DIR = Path("metrics/train")
+MODEL_FILE = Path("models/model.keras")
+
+
+class LiveLogger(keras.callbacks.Callback):
+    """Send each epoch's logs to DVCLive (Keras-3 only, unlike dvclive.keras which imports TensorFlow)."""
+
+    def __init__(self, live: Live):
+        super().__init__()
+        self.live = live
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            self.live.log_metric(standardize_metric_name(name, "dvclive.keras"), float(value))
+        self.live.next_step()
+
+
+def main():
+    train = params.load()["train"]
+    data = PreparedData(PREPARED_DIR)
+    x_train, y_train, _ = data.split("train")
+    x_val, y_val, _ = data.split("val")
+    print(f"training {train['model']} (width {train['width']}) on {len(x_train)} images, "
+          f"validating on {len(x_val)}; backend {keras.backend.backend()}, "
+          f"precision {resolve_precision(train['precision'])}, CPU {cpu_name()}", flush=True)
+
+    start = time.monotonic()
+    with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
+        model, history = fit(train, (x_train, y_train), (x_val, y_val), extra_callbacks=[LiveLogger(live)])
+        val_loss = history.history["val_loss"]
+        best = min(range(len(val_loss)), key=val_loss.__getitem__)
+        seconds = time.monotonic() - start
+        live.summary.update({
+            "best_epoch": best + 1,
+            "best_val_loss": val_loss[best],
+            "best_val_accuracy": history.history["val_accuracy"][best],
+            "epochs_run": len(val_loss),
+            "train_minutes": round(seconds / 60, 1),
+            "train_images_per_second": round(len(x_train) * len(val_loss) / seconds, 1),
+        })
+    MODEL_FILE.parent.mkdir(parents=True, exist_ok=True)
+    model.save(MODEL_FILE)
+    print(f"saved {MODEL_FILE} (weights of epoch {best + 1}, val accuracy "
+          f"{history.history['val_accuracy'][best]:.4f}) after {seconds / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    from ferpipe.stage import run_stage
+
+    run_stage(main)
