@@ -1,0 +1,139 @@
+"""visualize: training curves, training samples, a prediction grid and a confusion-matrix heatmap (PNGs in plots/)."""
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ferpipe import CLASS_NAMES, FerError, params  # noqa: E402
+from ferpipe.data import PreparedData  # noqa: E402
+from ferpipe.evaluation import confusion_matrix  # noqa: E402
+from ferpipe.stage import run_stage  # noqa: E402
+
+PREPARED_DIR = Path("data/prepared")
+HISTORY_DIR = Path("metrics/train/plots/metrics")
+PREDICTIONS_FILE = Path("data/evaluate/predictions.csv")
+PLOTS_DIR = Path("plots")
+
+
+def read_history() -> pd.DataFrame:
+    """One row per epoch: train/eval accuracy and loss, learning rate (from DVCLive's TSVs)."""
+    columns = {}
+    for split, metric in (("train", "accuracy"), ("eval", "accuracy"), ("train", "loss"),
+                          ("eval", "loss"), ("train", "learning_rate")):
+        path = HISTORY_DIR / split / f"{metric}.tsv"
+        if not path.is_file():
+            raise FerError(f"{path} not found: run the train stage first (dvc repro train)")
+        columns[f"{split}_{metric}"] = pd.read_csv(path, sep="\t").set_index("step")[metric]
+    history = pd.DataFrame(columns)
+    history.index = history.index + 1  # epochs count from 1
+    return history
+
+
+def plot_curves(history: pd.DataFrame, path: Path):
+    lr = history["train_learning_rate"].to_numpy()
+    drops = history.index[1:][lr[1:] < lr[:-1] * 0.999]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.plot(history.index, history[f"train_{metric}"], label=f"train {metric}")
+        ax.plot(history.index, history[f"eval_{metric}"], label=f"val {metric}")
+        for i, epoch in enumerate(drops):
+            ax.axvline(epoch, color="grey", linestyle=":", label="LR reduced" if i == 0 else None)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric.capitalize())
+        ax.legend()
+    best = history["eval_loss"].idxmin()
+    axes[1].scatter([best], [history["eval_loss"][best]], color="red", zorder=3, label="best (restored)")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_samples(images, labels, count: int, rng, path: Path):
+    rows = rng.choice(len(images), size=min(count, len(images)), replace=False)
+    fig, axes = plt.subplots(1, len(rows), figsize=(1.6 * len(rows), 2.0), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        ax.imshow(images[row], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(CLASS_NAMES[labels[row]], fontsize=9)
+        ax.axis("off")
+    fig.suptitle("Training samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_prediction_grid(predictions: pd.DataFrame, images_by_path: dict, count: int, rng, path: Path):
+    chosen = predictions.iloc[rng.choice(len(predictions), size=min(count, len(predictions)), replace=False)]
+    cols = 10
+    n_rows = int(np.ceil(len(chosen) / cols))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(2.1 * cols, 2.6 * n_rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    wrong = 0
+    for ax, (_, row) in zip(axes.flat, chosen.iterrows()):
+        ok = row["predicted"] == row["label"]
+        wrong += not ok
+        ax.imshow(images_by_path[row["path"]], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"pred {row['predicted']} ({row['confidence']:.0%})\ntrue {row['label']}",
+                     fontsize=8, color="black" if ok else "red")
+        ax.text(0.5, -0.06, Path(row["path"]).name, transform=ax.transAxes, ha="center", va="top", fontsize=6)
+        if not ok:
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red")
+                spine.set_linewidth(3)
+    fig.suptitle(f"{len(chosen)} random test images: {wrong} misclassified (red)", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_confusion(predictions: pd.DataFrame, path: Path):
+    y_true = predictions["label"].map(CLASS_NAMES.index).to_numpy()
+    y_pred = predictions["predicted"].map(CLASS_NAMES.index).to_numpy()
+    counts = confusion_matrix(y_true, y_pred)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(CLASS_NAMES)):
+        for j in range(len(CLASS_NAMES)):
+            ax.text(j, i, f"{share[i, j]:.2f}\n{counts[i, j]}", ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45)
+    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix, test folder (row-normalised)")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    visualize = params.load()["visualize"]
+    if not PREDICTIONS_FILE.is_file():
+        raise FerError(f"{PREDICTIONS_FILE} not found: run the evaluate stage first (dvc repro evaluate)")
+    rng = np.random.default_rng(visualize["seed"])
+    data = PreparedData(PREPARED_DIR)
+    PLOTS_DIR.mkdir(exist_ok=True)
+
+    plot_curves(read_history(), PLOTS_DIR / "training_curves.png")
+    train_images, train_labels, _ = data.split("train")
+    plot_samples(train_images, train_labels, visualize["sample_images"], rng, PLOTS_DIR / "train_samples.png")
+    test_images, _, test_paths = data.split("test")
+    predictions = pd.read_csv(PREDICTIONS_FILE)
+    images_by_path = dict(zip(test_paths, test_images))
+    plot_prediction_grid(predictions, images_by_path, visualize["grid_images"], rng, PLOTS_DIR / "prediction_grid.png")
+    plot_confusion(predictions, PLOTS_DIR / "confusion_matrix.png")
+    print(f"wrote {', '.join(p.name for p in sorted(PLOTS_DIR.glob('*.png')))} to {PLOTS_DIR}/")
+
+
+if __name__ == "__main__":
+    run_stage(main)

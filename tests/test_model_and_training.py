@@ -1,0 +1,106 @@
+"""Model building and the training recipe (schedules, class weights, time budget) on tiny data."""
+import copy
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from ferpipe import CLASS_NAMES, training
+from ferpipe.model import build_model
+
+TRAIN = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"]
+
+
+def recipe(**changes):
+    train = copy.deepcopy(TRAIN)
+    augment = changes.pop("augment", {})
+    train.update(changes, precision="float32", time_budget_minutes=0)
+    train["augment"].update(augment)
+    return train
+
+
+@pytest.mark.parametrize("name, width, low, high", [("seed", 64, 4.2e6, 4.6e6), ("compact", 32, 1.5e6, 2.0e6),
+                                                    ("vgg", 64, 8e6, 12e6)])
+def test_models_have_the_documented_size_and_output(name, width, low, high):
+    model = build_model(recipe(model=name, width=width))
+    assert low < model.count_params() < high
+    probs = model.predict(np.full((3, 48, 48, 1), 128, "float32"), verbose=0)
+    assert probs.shape == (3, len(CLASS_NAMES))
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+def test_augmentation_only_acts_on_training_batches():
+    model = build_model(recipe(width=8, augment={"erasing": 0.5}))
+    x = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 1)).astype("float32")
+    assert np.array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
+    trained = [model(x, training=True) for _ in range(2)]
+    assert not np.allclose(keras.ops.convert_to_numpy(trained[0]), keras.ops.convert_to_numpy(trained[1]))
+    names = [layer.__class__.__name__ for layer in model.layers]
+    for layer in ("Rescaling", "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomErasing"):
+        assert layer in names
+
+
+def test_augmentation_can_be_switched_off():
+    model = build_model(recipe(width=8, augment={"rotation": 0, "zoom": 0, "flip": False, "translate": 0}))
+    assert not [l for l in model.layers if l.__class__.__name__.startswith("Random")]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_schedules_start_high_and_end_near_zero(schedule):
+    train = recipe(schedule=schedule, epochs=20, lr=0.01)
+    rates = [training.lr_at_epoch(train, e) for e in range(20)]
+    assert max(rates) == pytest.approx(0.01, rel=0.01)
+    assert rates[-1] < 0.001
+    if schedule == "onecycle":
+        assert rates[0] == pytest.approx(0.001) and rates.index(max(rates)) == 6
+
+
+def test_balanced_class_weights_favour_rare_classes():
+    labels = np.array([0] * 90 + [1] * 10 + list(range(2, 7)) * 20)
+    weights = training.class_weights(recipe(class_weight="balanced"), labels)
+    assert weights[1] > weights[0] and weights[1] == pytest.approx(len(labels) / (7 * 10))
+    assert training.class_weights(recipe(class_weight="none"), labels) is None
+
+
+def test_optimizers():
+    sgd = training.make_optimizer(recipe(optimizer="sgd", lr=0.01, weight_decay=0.0005))
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov and sgd.momentum == 0.9
+    assert sgd.weight_decay == 0.0005
+    assert isinstance(training.make_optimizer(recipe(optimizer="adam")), keras.optimizers.Adam)
+
+
+def tiny_data(n=56, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 7
+    images = np.clip(rng.normal(25 + 30 * labels[:, None, None], 10, (n, 48, 48)), 0, 255).astype(np.uint8)
+    return images, labels
+
+
+@pytest.mark.parametrize("changes", [
+    {"schedule": "plateau"},
+    {"schedule": "cosine", "optimizer": "sgd", "lr": 0.01, "weight_decay": 0.0001, "label_smoothing": 0.1},
+    {"schedule": "onecycle", "class_weight": "balanced", "augment": {"erasing": 0.3}},
+])
+def test_fit_logs_the_learning_rate_and_restores_best_weights(changes):
+    images, labels = tiny_data()
+    train = recipe(width=8, epochs=3, batch_size=16, **changes)
+    model, history = training.fit(train, (images, labels), tiny_data(14, 1), verbose=0)
+    assert set(history.history) >= {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    assert len(history.history["loss"]) == 3
+    if train["schedule"] != "plateau":
+        assert history.history["learning_rate"][0] == pytest.approx(training.lr_at_epoch(train, 0), rel=1e-4)
+
+
+def test_time_budget_stops_after_the_epoch_that_exhausts_it():
+    images, labels = tiny_data()
+    train = recipe(width=8, epochs=50, batch_size=16)
+    train["time_budget_minutes"] = 1e-6
+    _, history = training.fit(train, (images, labels), tiny_data(14, 1), verbose=0)
+    assert len(history.history["loss"]) == 1
+
+
+def test_precision_auto_resolves_to_a_concrete_policy():
+    assert training.resolve_precision("auto") in ("float32", "bfloat16")
+    assert training.resolve_precision("float32") == "float32"

@@ -1,0 +1,123 @@
+"""Every param is validated before work starts, with a message naming the key and what is allowed."""
+import copy
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ferpipe import params
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+@pytest.fixture
+def good():
+    return yaml.safe_load(REPO_PARAMS.read_text())
+
+
+def test_repository_params_are_valid(good):
+    assert params.validate(good) is good
+
+
+def with_value(good, dotted, value):
+    bad = copy.deepcopy(good)
+    node = bad
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return bad
+
+
+@pytest.mark.parametrize(
+    "dotted, value, expected",
+    [
+        ("train.lr", -1, "train.lr: got -1, expected a number > 0"),
+        ("train.lr", 0, "train.lr"),
+        ("train.lr", "fast", "train.lr: got 'fast'"),
+        ("train.epochs", 2.5, "train.epochs: got 2.5, expected an integer"),
+        ("train.epochs", 0, "train.epochs"),
+        ("train.batch_size", True, "train.batch_size"),
+        ("train.model", "resnet", "train.model: got 'resnet', expected one of 'seed', 'compact', 'vgg'"),
+        ("train.optimizer", "rmsprop", "train.optimizer"),
+        ("train.schedule", "step", "train.schedule"),
+        ("train.class_weight", "auto", "train.class_weight"),
+        ("train.precision", "float16", "train.precision"),
+        ("train.dropout", 1.5, "train.dropout"),
+        ("train.label_smoothing", -0.1, "train.label_smoothing"),
+        ("train.weight_decay", 1, "train.weight_decay"),
+        ("train.width", 2, "train.width"),
+        ("train.time_budget_minutes", -5, "train.time_budget_minutes"),
+        ("train.augment.flip", "yes", "train.augment.flip: got 'yes', expected true or false"),
+        ("train.augment.rotation", 400, "train.augment.rotation"),
+        ("train.augment.zoom", 1.0, "train.augment.zoom"),
+        ("train.augment.translate", 0.9, "train.augment.translate"),
+        ("train.augment.erasing", 2, "train.augment.erasing"),
+        ("prepare.val_fraction", 0, "prepare.val_fraction: got 0, expected a number > 0 and <= 0.9"),
+        ("prepare.val_fraction", 1.0, "prepare.val_fraction"),
+        ("prepare.data_root", "", "prepare.data_root"),
+        ("prepare.seed", -1, "prepare.seed"),
+        ("evaluate.tta", "ten_crop", "evaluate.tta"),
+        ("evaluate.batch_size", 0, "evaluate.batch_size"),
+        ("visualize.grid_images", 0, "visualize.grid_images"),
+        ("visualize.sample_images", 500, "visualize.sample_images"),
+        ("visualize.seed", "x", "visualize.seed"),
+    ],
+)
+def test_bad_value_is_rejected_with_key_and_rule(good, dotted, value, expected):
+    with pytest.raises(params.ParamsError, match=None) as err:
+        params.validate(with_value(good, dotted, value))
+    assert expected in str(err.value)
+
+
+def test_unknown_key_is_rejected_naming_allowed_keys(good):
+    good["train"]["lrr"] = 0.1
+    with pytest.raises(params.ParamsError) as err:
+        params.validate(good)
+    assert "train.lrr: unknown key" in str(err.value)
+    assert "lr" in str(err.value).split("allowed keys here:")[1]
+
+
+def test_unknown_section_and_nested_key_are_rejected(good):
+    good["trian"] = {}
+    good["train"]["augment"]["shear"] = 0.1
+    message = str(pytest.raises(params.ParamsError, params.validate, good).value)
+    assert "trian: unknown key" in message
+    assert "train.augment.shear: unknown key" in message
+
+
+def test_missing_key_is_reported(good):
+    del good["train"]["seed"]
+    assert "train.seed: missing" in str(pytest.raises(params.ParamsError, params.validate, good).value)
+
+
+def test_all_problems_are_reported_at_once(good):
+    good["train"]["lr"] = -1
+    good["evaluate"]["tta"] = "x"
+    message = str(pytest.raises(params.ParamsError, params.validate, good).value)
+    assert "train.lr" in message and "evaluate.tta" in message
+
+
+def test_load_reports_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(params.ParamsError, match="params file not found"):
+        params.load(tmp_path / "params.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(params.ParamsError, match="not valid YAML"):
+        params.load(broken)
+
+
+def test_typo_fails_fast_through_a_stage(project):
+    """A stage given a typo'd param stops in well under the time of any real work, naming the key."""
+    from conftest import run_stage
+
+    text = (project / "params.yaml").read_text().replace("lr: 0.001", "lrr: 0.001")
+    (project / "params.yaml").write_text(text)
+    start = time.monotonic()
+    result = run_stage(project, "prepare", check=False)
+    assert result.returncode == 2
+    assert "train.lrr: unknown key" in result.stderr
+    assert "train.lr: missing" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - start < 10

@@ -1,0 +1,79 @@
+"""End to end: dvc repro on tiny data, the no-op second repro, a visualize-only change, dvc exp run."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import set_params, stage_env
+
+STAGES = ("prepare", "train", "evaluate", "visualize")
+
+
+def sh(project, *args, check=True):
+    result = subprocess.run(list(args), cwd=project, env=stage_env(project), capture_output=True, text=True,
+                            timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout + result.stderr
+
+
+def dvc(project, *args, check=True):
+    return sh(project, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def stages_run(output):
+    return {stage for stage in STAGES if f"Running stage '{stage}'" in output}
+
+
+@pytest.fixture
+def repo(project):
+    sh(project, "git", "init", "-q")
+    sh(project, "git", "config", "user.email", "test@example.com")
+    sh(project, "git", "config", "user.name", "test")
+    dvc(project, "init", "-q")
+    dvc(project, "config", "core.analytics", "false")
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "project")
+    return project
+
+
+def test_repro_noop_visualize_only_and_experiment(repo):
+    out = dvc(repo, "repro")
+    assert stages_run(out) == set(STAGES)
+
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    for key in ("accuracy", "loss", "macro_f1"):
+        assert 0 <= metrics[key] and (key == "loss" or metrics[key] <= 1)
+    assert metrics["images"] == 14
+    assert metrics["public_test"]["images"] == 7 and metrics["private_test"]["images"] == 7
+    assert set(metrics["per_class"]) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+    assert (repo / "plots/confusion.csv").read_text().startswith("actual,predicted\n")
+    for png in ("training_curves", "train_samples", "prediction_grid", "confusion_matrix"):
+        assert (repo / f"plots/{png}.png").stat().st_size > 1000
+    train_summary = json.loads((repo / "metrics/train/metrics.json").read_text())
+    assert train_summary["epochs_run"] == 1
+    assert (repo / "models/model.keras").is_file()
+    assert "confusion" in dvc(repo, "plots", "show", "--json")
+
+    # A second repro re-checks the data (prepare) but recomputes nothing downstream.
+    lock = (repo / "dvc.lock").read_text()
+    out = dvc(repo, "repro")
+    assert stages_run(out) <= {"prepare"}
+    assert (repo / "dvc.lock").read_text() == lock
+
+    # A visualize param re-runs visualize only.
+    set_params(repo, **{"visualize.seed": 3})
+    out = dvc(repo, "repro")
+    assert stages_run(out) - {"prepare"} == {"visualize"}
+
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "baseline run")
+    out = dvc(repo, "exp", "run", "-S", "train.lr=0.0005")
+    assert {"train", "evaluate", "visualize"} <= stages_run(out)
+    show = json.loads(dvc(repo, "exp", "show", "--json"))
+    lrs = [exp["data"]["params"]["params.yaml"]["data"]["train"]["lr"]
+           for commit in show for exp in (commit.get("experiments") or []) for exp in exp["revs"]]
+    assert 0.0005 in lrs
+    assert "train.lr" in dvc(repo, "params", "diff")
+    assert "metrics/evaluate.json" in dvc(repo, "metrics", "diff", "--all")
