@@ -6,10 +6,13 @@ import numpy as np
 from ferpipe import CLASS_NAMES
 
 
-def predict_probabilities(model, images: np.ndarray, tta: str, batch_size: int) -> np.ndarray:
-    """Class probabilities for (n, 48, 48) uint8 images; tta='flip' averages with the mirror image."""
+def predict_probabilities(model, images: np.ndarray, tta: str, batch_size: int, plain=None) -> np.ndarray:
+    """Class probabilities for (n, 48, 48) uint8 images; tta='flip' averages with the mirror image.
+
+    `plain`: the images' probabilities without TTA, if already computed (saves predicting them again).
+    """
     x = images.astype("float32")[..., None]
-    probs = model.predict(x, batch_size=batch_size, verbose=0)
+    probs = plain if plain is not None else model.predict(x, batch_size=batch_size, verbose=0)
     if tta == "flip":
         probs = (probs + model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)) / 2
     return np.asarray(probs, dtype="float64")

@@ -29,7 +29,8 @@ def main():
     x_test, y_test, paths = PreparedData(PREPARED_DIR).split("test")
     model = keras.saving.load_model(MODEL_FILE)
     print(f"predicting {len(x_test)} test images (tta: {evaluate['tta']})", flush=True)
-    probs = predict_probabilities(model, x_test, evaluate["tta"], evaluate["batch_size"])
+    plain = predict_probabilities(model, x_test, "none", evaluate["batch_size"])
+    probs = predict_probabilities(model, x_test, evaluate["tta"], evaluate["batch_size"], plain=plain)
 
     overall = summarize(y_test, probs)
     subsets = np.array([test_subset(p) for p in paths])
@@ -40,8 +41,8 @@ def main():
             part = summarize(y_test[rows], probs[rows])
             metrics[key] = {k: part[k] for k in ("accuracy", "loss", "macro_f1", "images")}
     if evaluate["tta"] != "none":
-        plain = summarize(y_test, predict_probabilities(model, x_test, "none", evaluate["batch_size"]))
-        metrics["without_tta"] = {k: plain[k] for k in ("accuracy", "loss", "macro_f1")}
+        without = summarize(y_test, plain)
+        metrics["without_tta"] = {k: without[k] for k in ("accuracy", "loss", "macro_f1")}
     metrics["per_class"] = overall["per_class"]
 
     METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
