@@ -42,8 +42,14 @@ def main():
     order = index.sort_values(["split", "path"], kind="stable").index.to_numpy()
     index, images = index.iloc[order].reset_index(drop=True), images[order]
     for label in CLASS_NAMES:
-        if not ((index["split"] == "train") & (index["label"] == label)).any():
-            raise data.DataLayoutError(f"no decodable training image of class '{label}' is left")
+        of_class = index["label"] == label
+        if not (of_class & (index["split"] == "train")).any():
+            held_out = int((of_class & (index["split"] == "val")).sum())
+            if not held_out:
+                raise data.DataLayoutError(f"no decodable training image of class '{label}' is left")
+            raise data.DataLayoutError(
+                f"all {held_out} training image(s) of class '{label}' went to validation with "
+                f"prepare.val_fraction={prepare['val_fraction']}; lower val_fraction or add images of '{label}'")
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     index.to_csv(OUT_DIR / data.INDEX_FILE, index=False)

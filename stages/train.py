@@ -1,7 +1,8 @@
 """train: fit the CNN named in params (augmentation, LR schedule, early stopping) and save it.
 
 Per-epoch loss, accuracy, val loss, val accuracy and learning rate go to DVCLive
-(metrics/train/); the model with the best validation loss is saved to models/model.keras.
+(metrics/train/); the model with the best validation loss is saved, without optimizer
+state (7 MB for the default net, small enough for git), to models/model.keras.
 """
 import time
 from pathlib import Path
@@ -12,7 +13,8 @@ from dvclive.utils import standardize_metric_name
 
 from ferpipe import params
 from ferpipe.data import PreparedData
-from ferpipe.training import cpu_name, fit, resolve_precision
+from ferpipe.stage import run_stage
+from ferpipe.training import cpu_name, fit, inference_model, resolve_precision
 
 PREPARED_DIR = Path("data/prepared")
 LIVE_DIR = Path("metrics/train")
@@ -56,12 +58,10 @@ def main():
             "train_images_per_second": round(len(x_train) * len(val_loss) / seconds, 1),
         })
     MODEL_FILE.parent.mkdir(parents=True, exist_ok=True)
-    model.save(MODEL_FILE)
+    inference_model(model, train).save(MODEL_FILE)
     print(f"saved {MODEL_FILE} (weights of epoch {best + 1}, val accuracy "
           f"{history.history['val_accuracy'][best]:.4f}) after {seconds / 60:.1f} min")
 
 
 if __name__ == "__main__":
-    from ferpipe.stage import run_stage
-
     run_stage(main)

@@ -32,7 +32,7 @@ def test_models_have_the_documented_size_and_output(name, width, low, high):
 
 
 def test_augmentation_only_acts_on_training_batches():
-    model = build_model(recipe(width=8, augment={"erasing": 0.5}))
+    model = build_model(recipe(width=8, augment={"translate": 0.1, "erasing": 0.5}))
     x = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 1)).astype("float32")
     assert np.array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
     trained = [model(x, training=True) for _ in range(2)]
@@ -104,3 +104,16 @@ def test_time_budget_stops_after_the_epoch_that_exhausts_it():
 def test_precision_auto_resolves_to_a_concrete_policy():
     assert training.resolve_precision("auto") in ("float32", "bfloat16")
     assert training.resolve_precision("float32") == "float32"
+
+
+def test_saved_model_keeps_the_weights_but_not_the_optimizer_state(tmp_path):
+    images, labels = tiny_data()
+    train = recipe(width=8, epochs=1, batch_size=16)
+    model, _ = training.fit(train, (images, labels), tiny_data(14, 1), verbose=0)
+    full, slim = tmp_path / "full.keras", tmp_path / "slim.keras"
+    model.save(full)
+    training.inference_model(model, train).save(slim)
+    loaded = keras.saving.load_model(slim)
+    x = training.as_model_input(images)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert slim.stat().st_size < 0.6 * full.stat().st_size

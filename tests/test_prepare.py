@@ -113,6 +113,16 @@ def test_all_training_images_of_a_class_undecodable_is_an_error(project, fer_tre
     assert result.returncode == 2 and "no decodable training image of class 'disgust'" in result.stderr
 
 
+def test_a_class_whose_training_images_all_go_to_validation_is_named(project, fer_tree):
+    for file in sorted((fer_tree / "train" / "disgust").iterdir())[1:]:
+        file.unlink()  # one image left: a 0.9 validation share takes it
+    set_params(project, **{"prepare.val_fraction": 0.9})
+    result = run_stage(project, "prepare", check=False)
+    assert result.returncode == 2
+    assert "all 1 training image(s) of class 'disgust' went to validation" in result.stderr
+    assert "prepare.val_fraction=0.9" in result.stderr
+
+
 def test_colour_and_odd_sized_images_become_48x48_grayscale(project, fer_tree):
     colour = fer_tree / "train" / "happy" / "colour.png"
     big = fer_tree / "test" / "angry" / "PublicTest_big.jpg"
