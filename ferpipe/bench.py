@@ -1,19 +1,29 @@
-"""Throughput benchmark: training and inference images/s of each model on this machine.
+"""Throughput benchmark on this machine, measured in one run:
 
-    python -m ferpipe.bench [--models seed compact vgg] [--train-images 1024] [--precision auto]
+1. training and prediction images/s of each model, with ratios to the `seed` model;
+2. inference of the deployed model: faces/s in batches and single-face latency (p50, p99),
+   for Keras and for the ONNX export under ONNX Runtime.
 
-Each model uses the train params from params.yaml with only `model` (and the width that
-model is sized for) changed. Timings exclude a warm-up pass that compiles the graph.
+    ferpipe bench [--models seed compact vgg] [--train-images 1024] [--precision auto]
+                  [--no-training] [--no-inference] [--latency-runs 1000]
+
+Each model of part 1 uses the train params from params.yaml with only `model` (and the width
+that model is sized for) changed. Part 2 uses models/model.keras and models/model.onnx when
+both exist, else a freshly built default model exported to a temporary folder (speed does not
+depend on the weights). Timings exclude a warm-up pass.
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 
 from ferpipe import IMAGE_SIZE, params as params_module
+from ferpipe.inference import KERAS_FILE, ONNX_FILE, OnnxModel
 from ferpipe.training import compile_model, cpu_name, one_hot, set_precision
 
 DEFAULT_WIDTH = {"seed": 64, "compact": 32, "vgg": 64}
@@ -36,18 +46,79 @@ def measure(train: dict, train_images: int, predict_images: int) -> dict:
     return {"params": model.count_params(), "train": train_rate, "predict": predict_rate}
 
 
+def faces_per_second(model, faces: np.ndarray, batch_size: int) -> float:
+    model.predict(faces[:batch_size], batch_size=batch_size, verbose=0)
+    start = time.perf_counter()
+    model.predict(faces, batch_size=batch_size, verbose=0)
+    return len(faces) / (time.perf_counter() - start)
+
+
+def latency_ms(model, face: np.ndarray, runs: int) -> tuple[float, float]:
+    """p50 and p99 of one-face predict() calls, in milliseconds."""
+    for _ in range(10):
+        model.predict(face, verbose=0)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model.predict(face, verbose=0)
+        times.append(time.perf_counter() - start)
+    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+
+
+def deployed_models(train: dict, workdir: Path) -> tuple[dict, str]:
+    """{runtime name: model} for the trained model files, or for a fresh default model."""
+    from ferpipe.export import export_onnx
+    from ferpipe.model import build_model
+
+    if KERAS_FILE.is_file() and ONNX_FILE.is_file():
+        keras_model, onnx_file, origin = keras.saving.load_model(KERAS_FILE), ONNX_FILE, f"{KERAS_FILE}, {ONNX_FILE}"
+    else:
+        keras_model, onnx_file = build_model(train), workdir / "model.onnx"
+        export_onnx(keras_model, onnx_file)
+        origin = f"a fresh {train['model']} model (width {train['width']}); no trained model found"
+    import onnxruntime
+
+    return {f"Keras {keras.__version__} ({keras_model.dtype_policy.name})": keras_model,
+            f"ONNX Runtime {onnxruntime.__version__} (float32)": OnnxModel(onnx_file)}, origin
+
+
+def inference_table(train: dict, faces: int, batch_size: int, runs: int) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (faces, IMAGE_SIZE, IMAGE_SIZE, 1)).astype("float32")
+    with tempfile.TemporaryDirectory() as workdir:
+        models, origin = deployed_models(train, Path(workdir))
+        print(f"\ninference of {origin}: {faces} faces in batches of {batch_size}; {runs} single-face calls")
+        print("| runtime | faces/s (batched) | single face p50 ms | single face p99 ms |")
+        print("|---|---:|---:|---:|")
+        for name, model in models.items():
+            rate = faces_per_second(model, x, batch_size)
+            p50, p99 = latency_ms(model, x[:1], runs)
+            print(f"| {name} | {rate:.0f} | {p50:.2f} | {p99:.2f} |", flush=True)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="ferpipe bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["seed", "compact", "vgg"])
     parser.add_argument("--train-images", type=int, default=1024)
     parser.add_argument("--predict-images", type=int, default=4096)
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
                         help="override train.precision")
+    parser.add_argument("--no-training", action="store_true", help="skip part 1")
+    parser.add_argument("--no-inference", action="store_true", help="skip part 2")
+    parser.add_argument("--latency-runs", type=int, default=1000, help="single-face calls per runtime")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     base = params_module.load(args.params)["train"]
     precision = set_precision(args.precision or base["precision"])
     print(f"backend {keras.backend.backend()}, precision {precision}, CPU: {cpu_name()}")
+    if not args.no_training:
+        training_table(base, args)
+    if not args.no_inference:
+        inference_table(base, args.predict_images, 256, args.latency_runs)
+
+
+def training_table(base: dict, args) -> None:
     rows = {}
     for name in args.models:
         train = {**base, "model": name, "width": DEFAULT_WIDTH.get(name, base["width"])}

@@ -1,13 +1,28 @@
-"""The throughput benchmark runs and prints one table row per model, with ratios to `seed`."""
+"""The throughput benchmark: a training row per model with ratios to `seed`, and an inference table."""
 from ferpipe import bench
 from conftest import REPO
 
 
 def test_bench_prints_a_row_per_model(capsys):
     bench.main(["--models", "seed", "compact", "--train-images", "32", "--predict-images", "32",
-                "--precision", "float32", "--params", str(REPO / "params.yaml")])
+                "--precision", "float32", "--no-inference", "--params", str(REPO / "params.yaml")])
     out = capsys.readouterr().out
     assert "CPU:" in out and "| model | params | train img/s |" in out
     rows = [line for line in out.splitlines() if line.startswith(("| seed", "| compact"))]
     assert len(rows) == 2
     assert rows[0].split("|")[5].strip() == "1.00x"
+    assert "| runtime |" not in out
+
+
+def test_bench_measures_keras_and_onnx_inference(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no trained model here: a fresh one is exported
+    bench.main(["--no-training", "--predict-images", "64", "--latency-runs", "5", "--precision", "float32",
+                "--params", str(REPO / "params.yaml")])
+    out = capsys.readouterr().out
+    assert "a fresh compact model" in out and "| runtime | faces/s (batched) | single face p50 ms |" in out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith(("| Keras", "| ONNX Runtime"))]
+    assert len(rows) == 2
+    for row in rows:
+        faces_per_s, p50, p99 = (float(cell) for cell in row[2:5])
+        assert faces_per_s > 0 and 0 < p50 <= p99
+    assert not list(tmp_path.iterdir())  # the temporary export is cleaned up

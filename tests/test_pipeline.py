@@ -7,7 +7,7 @@ import pytest
 
 from conftest import set_params, stage_env
 
-STAGES = ("prepare", "train", "evaluate", "visualize")
+STAGES = ("prepare", "train", "evaluate", "export", "visualize")
 
 
 def sh(project, *args, check=True):
@@ -38,7 +38,7 @@ def repo(project):
     return project
 
 
-def test_repro_noop_visualize_only_and_experiment(repo):
+def test_repro_noop_visualize_only_and_experiment(repo, fer_tree):
     out = dvc(repo, "repro")
     assert stages_run(out) == set(STAGES)
 
@@ -54,6 +54,11 @@ def test_repro_noop_visualize_only_and_experiment(repo):
     train_summary = json.loads((repo / "metrics/train/metrics.json").read_text())
     assert train_summary["epochs_run"] == 1
     assert (repo / "models/model.keras").is_file()
+    export = json.loads((repo / "metrics/export.json").read_text())
+    assert export["images"] == 14 and export["parity"]["max_probability_difference"] < 1e-4
+    assert export["parity"]["label_agreement"] == 1.0 and 0 <= export["accuracy"] <= 1
+    predicted = sh(repo, sys.executable, "-m", "ferpipe", "predict", "--format", "csv", str(fer_tree / "test"))
+    assert predicted.count("\n") >= 15 and "models/model.onnx (ONNX Runtime" in predicted  # header + 14 crops
     assert "confusion" in dvc(repo, "plots", "show", "--json")
 
     # A second repro re-checks the data (prepare) but recomputes nothing downstream.
@@ -70,7 +75,7 @@ def test_repro_noop_visualize_only_and_experiment(repo):
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "baseline run")
     out = dvc(repo, "exp", "run", "-S", "train.lr=0.0005")
-    assert {"train", "evaluate", "visualize"} <= stages_run(out)
+    assert {"train", "evaluate", "export", "visualize"} <= stages_run(out)
     show = json.loads(dvc(repo, "exp", "show", "--json"))
     lrs = [exp["data"]["params"]["params.yaml"]["data"]["train"]["lr"]
            for commit in show for exp in (commit.get("experiments") or []) for exp in exp["revs"]]

@@ -1,0 +1,28 @@
+"""Command line: `ferpipe predict ...` and `ferpipe bench ...` (also as `python -m ferpipe ...`)."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "predict": ("ferpipe.predict", "classify facial expressions in images, folders and videos"),
+    "bench": ("ferpipe.bench", "training and inference throughput on this machine"),
+}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        usage = "usage: ferpipe {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(
+            f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()) + "\n\n'ferpipe COMMAND --help' for its options"
+        asked = bool(argv) and argv[0] in ("-h", "--help")
+        print(usage, file=sys.stdout if asked else sys.stderr)
+        if argv and not asked:
+            print(f"ferpipe: unknown command {argv[0]!r}", file=sys.stderr)
+        return 0 if asked else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])  # imported on demand: predict must not load TensorFlow
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

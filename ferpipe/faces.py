@@ -1,0 +1,52 @@
+"""Find faces with OpenCV's bundled Haar cascade and crop them the way FER-2013 images look."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ferpipe import IMAGE_SIZE, FerError
+from ferpipe.data import to_model_input
+
+CASCADE_FILE = "haarcascade_frontalface_default.xml"
+
+
+class FaceDetector:
+    """Frontal faces of at least `min_size` pixels; boxes as (x, y, width, height), largest first."""
+
+    def __init__(self, min_size: int = 24):
+        path = cv2.data.haarcascades + CASCADE_FILE
+        self.cascade = cv2.CascadeClassifier(path)
+        if self.cascade.empty():
+            raise FerError(f"cannot load OpenCV's face detector {path}: is opencv-python-headless 4.x installed?")
+        self.min_size = min_size
+
+    def __call__(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
+        boxes = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
+                                              minSize=(self.min_size, self.min_size))
+        return sorted((tuple(int(v) for v in box) for box in boxes), key=lambda b: -b[2] * b[3])
+
+
+def grayscale(image: np.ndarray) -> np.ndarray:
+    """A decoded image of any kind as 8-bit grayscale at its own size (as data.to_model_input, without resizing)."""
+    # TODO(next train-stage change): let data.to_model_input call this instead of repeating the conversion;
+    # editing data.py now would invalidate the committed train stage in dvc.lock.
+    if image.ndim == 3:
+        code = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}.get(image.shape[2])
+        image = cv2.cvtColor(image, code) if code is not None else image[:, :, 0]
+    if image.dtype != np.uint8:
+        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    return image
+
+
+def is_fer_crop(image: np.ndarray) -> bool:
+    """A 48x48 grayscale picture is taken to be an FER-style face crop and classified whole."""
+    return image.shape[:2] == (IMAGE_SIZE, IMAGE_SIZE) and (image.ndim == 2 or image.shape[2] == 1)
+
+
+def crop_face(gray: np.ndarray, box, margin: float) -> np.ndarray:
+    """The box grown by `margin` of its size on each side (clipped to the image), as 48x48 uint8."""
+    x, y, w, h = box
+    dx, dy = round(w * margin), round(h * margin)
+    top, left = max(0, y - dy), max(0, x - dx)
+    crop = gray[top:y + h + dy, left:x + w + dx]
+    return to_model_input(crop)[0]

@@ -1,0 +1,73 @@
+"""Load a trained classifier for inference: the exported ONNX model (ONNX Runtime) or the Keras model.
+
+Both answer `predict(x, batch_size, verbose)` like a Keras model, so evaluation code takes either.
+TensorFlow is imported only when a Keras model is loaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ferpipe import CLASS_NAMES, FerError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ONNX_FILE = Path("models/model.onnx")
+KERAS_FILE = Path("models/model.keras")
+
+
+class OnnxModel:
+    """An exported model under ONNX Runtime's CPU provider."""
+
+    def __init__(self, path, threads: int | None = None):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # ONNX Runtime raises its own exception types for corrupt files
+            raise FerError(f"cannot load ONNX model {path}: {err}") from err
+        self.input_name = self.session.get_inputs()[0].name
+        self.path = Path(path)
+
+    def predict(self, x, batch_size: int = 256, verbose=0) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[..., None]
+        parts = [self.session.run(None, {self.input_name: x[i:i + batch_size]})[0]
+                 for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(CLASS_NAMES)), np.float32)
+
+
+def default_model_path() -> Path | None:
+    """models/model.onnx, else models/model.keras: in the working directory first, then in this checkout."""
+    for root in (Path.cwd(), REPO_ROOT):
+        for name in (ONNX_FILE, KERAS_FILE):
+            if (root / name).is_file():
+                return root / name
+    return None
+
+
+def load_classifier(path=None):
+    """(model, description) for an .onnx or .keras file; FerError if it is missing or unreadable."""
+    path = Path(path) if path else default_model_path()
+    if path is None:
+        raise FerError(f"no trained model found (looked for {ONNX_FILE} and {KERAS_FILE} in {Path.cwd()} "
+                       f"and {REPO_ROOT}); run `dvc repro` or pass --model")
+    if not path.is_file():
+        raise FerError(f"model file {path} not found")
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        return OnnxModel(path), f"{path} (ONNX Runtime {onnxruntime.__version__})"
+    if path.suffix == ".keras":
+        import keras
+
+        try:
+            model = keras.saving.load_model(path)
+        except Exception as err:
+            raise FerError(f"cannot load Keras model {path}: {err}") from err
+        return model, f"{path} (Keras {keras.__version__}, {keras.backend.backend()} backend)"
+    raise FerError(f"model file {path} must end in .onnx or .keras")

@@ -1,0 +1,228 @@
+"""Classify the facial expressions in images, folders (recursively) and videos.
+
+    ferpipe predict photo.jpg faces/ clip.mp4 [--format csv] [--annotate out/]
+
+Faces are found with OpenCV's bundled Haar cascade, cropped with a margin and turned into
+48x48 grayscale exactly as the training images are. A 48x48 grayscale picture (an FER-style
+crop) is classified whole. One line per face goes to stdout (JSON, or CSV with --format csv);
+problems with single files go to stderr and never stop the batch.
+
+Exit status: 0 if at least one face was classified, 1 if none was (no readable input or no
+face anywhere), 2 for a usage error or a missing model.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ferpipe import CLASS_NAMES, FerError
+from ferpipe.data import decode
+from ferpipe.evaluation import predict_probabilities
+from ferpipe.faces import FaceDetector, crop_face, grayscale, is_fer_crop
+from ferpipe.inference import load_classifier
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+CSV_COLUMNS = ["source", "frame", "x", "y", "width", "height", "label", "confidence", *CLASS_NAMES]
+
+
+@dataclass
+class Face:
+    source: str
+    frame: int | None
+    box: tuple[int, int, int, int]
+    probabilities: np.ndarray
+
+    @property
+    def label(self) -> str:
+        return CLASS_NAMES[int(self.probabilities.argmax())]
+
+    def as_dict(self) -> dict:
+        x, y, w, h = self.box
+        return {"source": self.source, "frame": self.frame, "box": {"x": x, "y": y, "width": w, "height": h},
+                "label": self.label, "confidence": round(float(self.probabilities.max()), 6),
+                "probabilities": {n: round(float(p), 6) for n, p in zip(CLASS_NAMES, self.probabilities)}}
+
+    def as_row(self) -> dict:
+        d = self.as_dict()
+        return {"source": self.source, "frame": "" if self.frame is None else self.frame, **d["box"],
+                "label": d["label"], "confidence": d["confidence"], **d["probabilities"]}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="ferpipe predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders and video files")
+    parser.add_argument("--model", help="an .onnx or .keras file (default: models/model.onnx, else models/model.keras)")
+    parser.add_argument("--format", choices=["json", "csv"], default="json", help="output format (default: json lines)")
+    parser.add_argument("--output", type=Path, help="write results to this file instead of stdout")
+    parser.add_argument("--annotate", type=Path, metavar="DIR", help="write copies with face boxes and labels to DIR")
+    parser.add_argument("--every", type=int, default=10, metavar="N", help="classify every Nth video frame (default: 10)")
+    parser.add_argument("--margin", type=float, default=0.2,
+                        help="grow each face box by this share of its size per side before cropping (default: 0.2)")
+    parser.add_argument("--min-face", type=int, default=24, metavar="PX", help="smallest face to detect (default: 24)")
+    parser.add_argument("--whole", action="store_true", help="classify each image whole, without face detection")
+    parser.add_argument("--tta", choices=["none", "flip"], default="flip",
+                        help="flip: average with the mirrored face, as the evaluate stage does (default)")
+    args = parser.parse_args(argv)
+    if args.every < 1:
+        parser.error("--every must be at least 1")
+    if not 0 <= args.margin <= 1:
+        parser.error("--margin must be between 0 and 1")
+    if args.min_face < 8:
+        parser.error("--min-face must be at least 8")
+    return args
+
+
+def input_files(inputs, warn):
+    """(file, name for annotated copies) for each input; folders are walked recursively in sorted order."""
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
+            if not files:
+                warn(f"{item}: empty folder, nothing to classify")
+            for file in files:
+                yield file, Path(item.name) / file.relative_to(item)
+        elif item.is_file():
+            yield item, Path(item.name)
+        else:
+            warn(f"{item}: no such file or folder")
+
+
+class Predictor:
+    def __init__(self, args):
+        self.model, self.model_name = load_classifier(args.model)
+        self.detector = FaceDetector(args.min_face)
+        self.args = args
+
+    def faces_in(self, image: np.ndarray, source: str, frame: int | None) -> list[Face]:
+        gray = grayscale(image)
+        if self.args.whole or is_fer_crop(image):
+            boxes = [(0, 0, gray.shape[1], gray.shape[0])]
+            crops = [crop_face(gray, boxes[0], 0)]
+        else:
+            boxes = self.detector(gray)
+            crops = [crop_face(gray, box, self.args.margin) for box in boxes]
+        if not boxes:
+            return []
+        probs = predict_probabilities(self.model, np.stack(crops), self.args.tta, batch_size=256)
+        return [Face(source, frame, box, p) for box, p in zip(boxes, probs)]
+
+    def video_frames(self, path: Path):
+        """(index, frame) of every Nth frame; None if the file is not a readable video."""
+        capture = cv2.VideoCapture(str(path))
+        if not capture.isOpened():
+            return None
+
+        def frames():
+            index = 0
+            try:
+                while capture.grab():
+                    if index % self.args.every == 0:
+                        ok, frame = capture.retrieve()
+                        if ok:
+                            yield index, frame
+                    index += 1
+            finally:
+                capture.release()
+        return frames()
+
+
+def annotate(image: np.ndarray, faces: list[Face]) -> np.ndarray:
+    """A BGR copy of the image with each face's box and label drawn (small images are enlarged first)."""
+    canvas = cv2.cvtColor(grayscale(image), cv2.COLOR_GRAY2BGR) if image.ndim == 2 or image.shape[2] != 3 else image.copy()
+    scale = max(1, 192 // max(canvas.shape[:2]))
+    if scale > 1:
+        canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    thickness = max(1, round(max(canvas.shape[:2]) / 300))
+    for face in faces:
+        x, y, w, h = (v * scale for v in face.box)
+        cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), (0, 200, 0), thickness)
+        text = f"{face.label} {face.probabilities.max():.2f}"
+        font_scale = max(0.4, w / 250)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+        ty = y - 4 if y - th - 4 > 0 else min(canvas.shape[0] - base, y + h + th + 4)
+        cv2.rectangle(canvas, (x, ty - th - 2), (x + tw + 2, ty + base), (0, 200, 0), -1)
+        cv2.putText(canvas, text, (x + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness)
+    return canvas
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image):  # an extension OpenCV cannot write
+        cv2.imwrite(str(path.with_suffix(".png")), image)
+
+
+def run(args) -> int:
+    problems = []
+
+    def warn(message):
+        problems.append(message)
+        print(f"ferpipe predict: {message}", file=sys.stderr, flush=True)
+
+    try:
+        predictor = Predictor(args)
+    except FerError as err:
+        print(f"ferpipe predict: error: {err}", file=sys.stderr)
+        return 2
+    out = args.output.open("w", newline="") if args.output else sys.stdout
+    writer = csv.DictWriter(out, CSV_COLUMNS) if args.format == "csv" else None
+    if writer:
+        writer.writeheader()
+    n_faces = n_files = 0
+    try:
+        for path, name in input_files(args.inputs, warn):
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                frames = predictor.video_frames(path)
+                if frames is None:
+                    warn(f"{path}: not a readable video")
+                    continue
+            else:
+                image = decode(path)
+                if image is None or image.size == 0:
+                    warn(f"{path}: not a readable image")
+                    continue
+                frames = [(None, image)]
+            found, read_any = 0, False
+            for frame_index, image in frames:
+                read_any = True
+                faces = predictor.faces_in(image, str(path), frame_index)
+                for face in faces:
+                    if writer:
+                        writer.writerow(face.as_row())
+                    else:
+                        out.write(json.dumps(face.as_dict()) + "\n")
+                found += len(faces)
+                if args.annotate and faces:
+                    target = args.annotate / name
+                    if frame_index is not None:
+                        target = target.with_name(f"{target.name}_frames") / f"frame_{frame_index:06d}.jpg"
+                    write_image(target, annotate(image, faces))
+            if not read_any:
+                warn(f"{path}: not a readable video (no frames)")
+                continue
+            n_files += 1
+            if not found:
+                warn(f"{path}: no face found")
+            n_faces += found
+            out.flush()
+    finally:
+        if args.output:
+            out.close()
+    print(f"ferpipe predict: {n_faces} face(s) classified in {n_files} readable file(s); "
+          f"{len(problems)} problem(s) reported; model {predictor.model_name}", file=sys.stderr)
+    return 0 if n_faces else 1
+
+
+def main(argv=None) -> int:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

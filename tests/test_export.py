@@ -1,0 +1,69 @@
+"""ONNX export: the exported model predicts what the Keras model predicts."""
+import keras
+import numpy as np
+import pytest
+
+from ferpipe import FerError
+from ferpipe.export import export_onnx, inference_graph, parity
+from ferpipe.inference import OnnxModel, load_classifier
+from ferpipe.model import build_model
+
+AUGMENT = {"rotation": 20, "zoom": 0.2, "flip": True, "translate": 0.1, "erasing": 0.3}
+
+
+def tiny_model(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        return build_model({"model": "compact", "width": 4, "dropout": 0.1, "augment": AUGMENT})
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def faces(n=40):
+    return np.random.default_rng(1).integers(0, 256, (n, 48, 48, 1)).astype("float32")
+
+
+def test_inference_graph_drops_augmentation_and_computes_in_float32():
+    model = tiny_model("mixed_bfloat16")
+    graph = inference_graph(model)
+    assert not [layer for layer in graph.layers if layer.__class__.__name__.startswith("Random")]
+    assert {layer.dtype_policy.name for layer in graph.layers} == {"float32"}
+    assert graph.count_params() == model.count_params()
+    # bfloat16 keeps ~3 significant digits; the float32 graph must match it to that precision
+    np.testing.assert_allclose(graph.predict(faces(), verbose=0), model.predict(faces(), verbose=0), atol=2e-2)
+
+
+def test_onnx_export_matches_keras(tmp_path):
+    model = tiny_model("float32")
+    graph = export_onnx(model, tmp_path / "model.onnx")
+    exported = OnnxModel(tmp_path / "model.onnx")
+    x = faces()
+    keras_probs, onnx_probs = model.predict(x, verbose=0), exported.predict(x, batch_size=16)
+    assert onnx_probs.shape == (40, 7)
+    result = parity(keras_probs, onnx_probs)
+    assert result["max_probability_difference"] < 1e-5 and result["label_agreement"] == 1.0
+    np.testing.assert_allclose(graph.predict(x, verbose=0), onnx_probs, atol=1e-5)
+    assert not list(tmp_path.glob("*.partial.onnx"))
+
+
+def test_parity_measures_differences_and_disagreements():
+    a = np.array([[0.6, 0.4], [0.2, 0.8]])
+    b = np.array([[0.55, 0.45], [0.6, 0.4]])
+    assert parity(a, b) == {"max_probability_difference": pytest.approx(0.4), "label_agreement": 0.5}
+
+
+def test_onnx_model_takes_images_without_a_channel_axis(tmp_path):
+    export_onnx(tiny_model("float32"), tmp_path / "m.onnx")
+    x = faces(5)
+    exported = OnnxModel(tmp_path / "m.onnx")
+    np.testing.assert_array_equal(exported.predict(x[..., 0]), exported.predict(x))
+    assert exported.predict(x[:0]).shape == (0, 7)
+
+
+def test_load_classifier_refuses_a_corrupt_file(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(FerError, match="cannot load ONNX model"):
+        load_classifier(tmp_path / "model.onnx")
+    (tmp_path / "model.keras").write_bytes(b"not keras")
+    with pytest.raises(FerError, match="cannot load Keras model"):
+        load_classifier(tmp_path / "model.keras")

@@ -1,0 +1,208 @@
+"""`ferpipe predict` on images, folders and videos drawn by the tests, in JSON and CSV."""
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO
+from ferpipe import CLASS_NAMES, predict
+from ferpipe.export import export_onnx
+from ferpipe.model import build_model
+
+
+def draw_face(size=240, shift=0):
+    """A cartoon face that OpenCV's Haar cascade detects: skin ellipse, eyes, brows, nose, mouth."""
+    canvas = np.full((size, size, 3), 40, np.uint8)
+    c = size // 2
+    cv2.ellipse(canvas, (c, c), (int(size * 0.30), int(size * 0.40)), 0, 0, 360, (150, 180, 220), -1)
+    for side in (-1, 1):
+        ex = c + side * int(size * 0.12)
+        cv2.ellipse(canvas, (ex, c - int(size * 0.08)), (int(size * 0.06), int(size * 0.03)), 0, 0, 360, (30, 30, 30), -1)
+        cv2.line(canvas, (ex - int(size * 0.07), c - int(size * 0.16)), (ex + int(size * 0.07), c - int(size * 0.16)),
+                 (40, 40, 60), max(2, size // 50))
+    cv2.line(canvas, (c, c - int(size * 0.04)), (c, c + int(size * 0.08)), (110, 130, 170), max(2, size // 60))
+    cv2.ellipse(canvas, (c, c + int(size * 0.18)), (int(size * 0.10), int(size * 0.035)), 0, 0, 360, (60, 60, 120), -1)
+    return np.roll(cv2.GaussianBlur(canvas, (0, 0), size / 120), shift, axis=1)
+
+
+def no_face(size=240):
+    return np.tile(np.linspace(0, 255, size, dtype=np.uint8), (size, 1))
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """A tiny untrained network saved as .keras and exported to .onnx."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("model")
+    keras.mixed_precision.set_global_policy("float32")
+    augment = {"rotation": 20, "zoom": 0.2, "flip": True, "translate": 0, "erasing": 0}
+    model = build_model({"model": "compact", "width": 4, "dropout": 0.1, "augment": augment})
+    model.save(folder / "model.keras")
+    export_onnx(model, folder / "model.onnx")
+    return folder / "model.onnx", folder / "model.keras"
+
+
+def run_predict(capsys, *args):
+    code = predict.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def json_lines(out):
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_a_photo_with_a_face_gives_one_json_line_with_all_probabilities(model_files, tmp_path, capsys):
+    photo = tmp_path / "photo.jpg"
+    cv2.imwrite(str(photo), draw_face())
+    code, out, err = run_predict(capsys, "--model", model_files[0], photo)
+    assert code == 0
+    [face] = json_lines(out)
+    assert face["source"] == str(photo) and face["frame"] is None
+    box = face["box"]
+    assert 0 <= box["x"] and box["x"] + box["width"] <= 240 and 100 < box["width"] < 240
+    assert set(face["probabilities"]) == set(CLASS_NAMES)
+    assert sum(face["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert face["label"] == max(face["probabilities"], key=face["probabilities"].get)
+    assert face["confidence"] == max(face["probabilities"].values())
+    assert "1 face(s) classified in 1 readable file(s)" in err
+
+
+def test_an_image_without_a_face_is_reported_and_exits_1(model_files, tmp_path, capsys):
+    empty = tmp_path / "wall.png"
+    cv2.imwrite(str(empty), no_face())
+    code, out, err = run_predict(capsys, "--model", model_files[0], empty)
+    assert code == 1 and out == ""
+    assert f"{empty}: no face found" in err
+
+
+def test_a_48x48_grayscale_crop_is_classified_whole(model_files, tmp_path, capsys):
+    crop = tmp_path / "crop.jpg"
+    cv2.imwrite(str(crop), no_face(48))  # no detectable face, yet classified: it is an FER-style crop
+    code, out, _ = run_predict(capsys, "--model", model_files[0], crop)
+    assert code == 0
+    [face] = json_lines(out)
+    assert face["box"] == {"x": 0, "y": 0, "width": 48, "height": 48}
+
+
+def test_a_folder_with_bad_files_among_good_ones_is_processed_in_full(model_files, tmp_path, capsys):
+    folder = tmp_path / "batch"
+    (folder / "nested").mkdir(parents=True)
+    cv2.imwrite(str(folder / "a_face.png"), draw_face())
+    (folder / "b_corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "c_notes.txt").write_text("hello")
+    cv2.imwrite(str(folder / "nested" / "d_face.jpg"), draw_face(160))
+    code, out, err = run_predict(capsys, "--model", model_files[0], "--format", "csv", folder, tmp_path / "missing.jpg")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["source"] for r in rows] == [str(folder / "a_face.png"), str(folder / "nested" / "d_face.jpg")]
+    assert list(rows[0]) == ["source", "frame", "x", "y", "width", "height", "label", "confidence", *CLASS_NAMES]
+    assert all(r["label"] in CLASS_NAMES and r["frame"] == "" for r in rows)
+    assert sum(float(rows[0][name]) for name in CLASS_NAMES) == pytest.approx(1, abs=1e-4)
+    assert f"{folder / 'b_corrupt.jpg'}: not a readable image" in err
+    assert f"{folder / 'c_notes.txt'}: not a readable image" in err
+    assert f"{tmp_path / 'missing.jpg'}: no such file or folder" in err
+
+
+def test_a_video_is_sampled_every_nth_frame(model_files, tmp_path, capsys):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (240, 240))
+    for i in range(25):
+        writer.write(draw_face(shift=i))
+    writer.release()
+    annotated = tmp_path / "annotated"
+    code, out, _ = run_predict(capsys, "--model", model_files[0], "--every", 10, "--annotate", annotated, video)
+    assert code == 0
+    faces = json_lines(out)
+    assert [f["frame"] for f in faces] == [0, 10, 20]
+    assert sorted(p.name for p in (annotated / "clip.avi_frames").iterdir()) == [
+        "frame_000000.jpg", "frame_000010.jpg", "frame_000020.jpg"]
+
+
+def test_a_file_named_like_a_video_that_is_not_one_is_reported(model_files, tmp_path, capsys):
+    fake = tmp_path / "fake.mp4"
+    fake.write_bytes(b"not a video")
+    code, _, err = run_predict(capsys, "--model", model_files[0], fake)
+    assert code == 1 and f"{fake}: not a readable video" in err
+
+
+def test_annotate_writes_a_copy_with_the_box_drawn(model_files, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), draw_face())
+    code, _, _ = run_predict(capsys, "--model", model_files[0], "--annotate", tmp_path / "out", photo)
+    copy = cv2.imread(str(tmp_path / "out" / "photo.png"))
+    assert code == 0 and copy.shape == (240, 240, 3)
+    assert not np.array_equal(copy, cv2.imread(str(photo)))  # box and label drawn
+
+
+def test_an_empty_folder_is_reported_and_exits_1(model_files, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, out, err = run_predict(capsys, "--model", model_files[0], tmp_path / "empty")
+    assert code == 1 and out == "" and "empty folder" in err
+
+
+def test_keras_and_onnx_models_give_the_same_answer(model_files, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), draw_face())
+    answers = [json_lines(run_predict(capsys, "--model", path, photo)[1])[0] for path in model_files]
+    assert answers[0]["label"] == answers[1]["label"]
+    for name in CLASS_NAMES:
+        assert answers[0]["probabilities"][name] == pytest.approx(answers[1]["probabilities"][name], abs=1e-4)
+
+
+def test_output_file_and_whole_image_mode(model_files, tmp_path, capsys):
+    wall = tmp_path / "wall.png"
+    cv2.imwrite(str(wall), no_face(100))
+    code, out, _ = run_predict(capsys, "--model", model_files[0], "--whole", "--output", tmp_path / "r.jsonl", wall)
+    assert code == 0 and out == ""
+    [face] = json_lines((tmp_path / "r.jsonl").read_text())
+    assert face["box"] == {"x": 0, "y": 0, "width": 100, "height": 100}
+
+
+def test_a_missing_or_unknown_model_exits_2_with_a_message(tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), draw_face())
+    code, out, err = run_predict(capsys, "--model", tmp_path / "nowhere.onnx", photo)
+    assert code == 2 and out == "" and f"model file {tmp_path / 'nowhere.onnx'} not found" in err
+    (tmp_path / "weights.h5").write_bytes(b"x")
+    code, _, err = run_predict(capsys, "--model", tmp_path / "weights.h5", photo)
+    assert code == 2 and "must end in .onnx or .keras" in err
+
+
+def test_without_a_model_file_anywhere_predict_says_how_to_get_one(tmp_path, capsys, monkeypatch):
+    from ferpipe import inference
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(inference, "REPO_ROOT", tmp_path)
+    code, _, err = run_predict(capsys, tmp_path)
+    assert code == 2 and "no trained model found" in err and "dvc repro" in err
+
+
+def test_a_corrupt_model_file_exits_2(tmp_path, capsys):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"garbage")
+    code, _, err = run_predict(capsys, "--model", bad, tmp_path)
+    assert code == 2 and "cannot load ONNX model" in err
+
+
+@pytest.mark.parametrize("args", [["--every", "0", "x.jpg"], ["--margin", "2", "x.jpg"], []])
+def test_bad_arguments_exit_2(args):
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(args)
+    assert exit_info.value.code == 2
+
+
+def test_the_command_line_entry_point(model_files, tmp_path):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), draw_face())
+    result = subprocess.run([sys.executable, "-m", "ferpipe", "predict", "--model", str(model_files[0]), str(photo)],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0 and json.loads(result.stdout)["source"] == str(photo)
+    usage = subprocess.run([sys.executable, "-m", "ferpipe", "--help"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and "predict" in usage.stdout and "bench" in usage.stdout
