@@ -1,8 +1,9 @@
 """prepare: index the FER-2013 image folders and split train/ into train and val (stratified, seeded).
 
 Writes data/prepared/index.csv (path, label, split), data/prepared/images.npy (48x48 uint8,
-row-aligned with the index), data/prepared/report.json (files excluded or converted) and
-metrics/dataset.json (images per class per split).
+row-aligned with the index), data/prepared/report.json (files excluded or converted),
+metrics/dataset.json (images per class per split), and the data-quality check: counts in
+metrics/data_quality.json, the duplicate groups and blank frames in data/quality/report.json.
 """
 import json
 import sys
@@ -12,10 +13,13 @@ import numpy as np
 import pandas as pd
 
 from ferpipe import CLASS_NAMES, data, params
+from ferpipe.quality import quality_report
 from ferpipe.stage import run_stage
 
 OUT_DIR = Path("data/prepared")
 STATS_FILE = Path("metrics/dataset.json")
+QUALITY_METRICS_FILE = Path("metrics/data_quality.json")
+QUALITY_REPORT_FILE = Path("data/quality/report.json")
 
 
 def main():
@@ -81,6 +85,20 @@ def main():
         if items:
             print(f"note: {len(items)} {what} (listed in {OUT_DIR / 'report.json'})", file=sys.stderr)
     print(f"indexed {len(index)} images: " + ", ".join(f"{s} {stats[s]['total']}" for s in ("train", "val", "test")))
+    write_quality_report(index, images)
+
+
+def write_quality_report(index: pd.DataFrame, images: np.ndarray) -> None:
+    quality = quality_report(index, images)
+    QUALITY_METRICS_FILE.write_text(json.dumps(quality["counts"], indent=2) + "\n")
+    QUALITY_REPORT_FILE.parent.mkdir(parents=True, exist_ok=True)
+    QUALITY_REPORT_FILE.write_text(json.dumps(quality, indent=1) + "\n")
+    c = quality["counts"]
+    print(f"data quality: {c['duplicate_groups']} groups of identical images ({c['duplicate_files']} files), "
+          f"{c['groups_across_train_and_test']} of them across train/val and test "
+          f"({c['train_val_images_also_in_test']} train/val images also in test), "
+          f"{c['groups_with_conflicting_labels']} with conflicting labels; {c['near_blank_images']} near-blank "
+          f"images (listed in {QUALITY_REPORT_FILE})")
 
 
 if __name__ == "__main__":

@@ -151,3 +151,28 @@ def test_to_model_input_handles_alpha_and_16_bit():
                                           ("Training_3.jpg", "other")])
 def test_test_subset_from_file_name(name, subset):
     assert data.test_subset(f"test/angry/{name}") == subset
+
+
+def test_data_quality_report_counts_duplicates_leaks_conflicts_and_blank_frames(project, fer_tree):
+    train, test = fer_tree / "train", fer_tree / "test"
+    leaked = sorted((train / "happy").iterdir())[0]
+    shutil.copy(leaked, test / "happy" / "PublicTest_leak.jpg")                # same face in train and test
+    conflicting = sorted((train / "sad").iterdir())[0]
+    shutil.copy(conflicting, train / "angry" / "Training_relabelled.jpg")     # same face, two labels
+    cv2.imwrite(str(train / "fear" / "Training_blank.jpg"), np.full((48, 48), 128, np.uint8))
+    run_stage(project, "prepare")
+    counts = json.loads((project / "metrics/data_quality.json").read_text())
+    assert counts == {"duplicate_groups": 2, "duplicate_files": 4, "groups_across_train_and_test": 1,
+                      "train_val_images_also_in_test": 1, "groups_with_conflicting_labels": 1,
+                      "near_blank_images": 1}
+    report = json.loads((project / "data/quality/report.json").read_text())
+    assert report["near_blank"] == [(train / "fear" / "Training_blank.jpg").as_posix()]
+    assert report["train_val_images_also_in_test"] == [leaked.as_posix()]
+    conflict = [g for g in report["duplicate_groups"] if g["conflicting_labels"]]
+    assert len(conflict) == 1 and sorted(conflict[0]["labels"]) == ["angry", "sad"]
+
+
+def test_a_clean_tree_has_an_empty_quality_report(project):
+    run_stage(project, "prepare")
+    counts = json.loads((project / "metrics/data_quality.json").read_text())
+    assert set(counts.values()) == {0}
