@@ -75,7 +75,8 @@ def deployed_models(train: dict, workdir: Path) -> tuple[dict, str]:
     else:
         keras_model, onnx_file = build_model(train), workdir / "model.onnx"
         export_onnx(keras_model, onnx_file)
-        origin = f"a fresh {train['model']} model (width {train['width']}); no trained model found"
+        missing = " and ".join(str(f) for f in (KERAS_FILE, ONNX_FILE) if not f.is_file())
+        origin = f"a fresh {train['model']} model (width {train['width']}), since {missing} is missing"
     import onnxruntime
 
     return {f"Keras {keras.__version__} ({keras_model.dtype_policy.name})": keras_model,

@@ -39,14 +39,23 @@ def grayscale(image: np.ndarray) -> np.ndarray:
 
 
 def is_fer_crop(image: np.ndarray) -> bool:
-    """A 48x48 grayscale picture is taken to be an FER-style face crop and classified whole."""
-    return image.shape[:2] == (IMAGE_SIZE, IMAGE_SIZE) and (image.ndim == 2 or image.shape[2] == 1)
+    """A 48x48 grayscale picture (also stored as equal colour channels) is taken to be an FER-style face crop."""
+    if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+        return False
+    return image.ndim == 2 or image.shape[2] == 1 or bool((image[:, :, :3] == image[:, :, :1]).all())
 
 
 def crop_face(gray: np.ndarray, box, margin: float) -> np.ndarray:
-    """The box grown by `margin` of its size on each side (clipped to the image), as 48x48 uint8."""
+    """The box grown by `margin` of its size on each side, as 48x48 uint8.
+
+    Where the grown box leaves the image, the edge pixels are repeated, so the crop stays square
+    (as FER-2013 faces are) instead of being stretched.
+    """
     x, y, w, h = box
     dx, dy = round(w * margin), round(h * margin)
-    top, left = max(0, y - dy), max(0, x - dx)
-    crop = gray[top:y + h + dy, left:x + w + dx]
-    return to_model_input(crop)[0]
+    top, bottom, left, right = y - dy, y + h + dy, x - dx, x + w + dx
+    pads = (max(0, -top), max(0, bottom - gray.shape[0]), max(0, -left), max(0, right - gray.shape[1]))
+    if any(pads):
+        gray = cv2.copyMakeBorder(gray, *pads, cv2.BORDER_REPLICATE)
+        top, bottom, left, right = top + pads[0], bottom + pads[0], left + pads[2], right + pads[2]
+    return to_model_input(gray[top:bottom, left:right])[0]

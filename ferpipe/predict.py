@@ -28,7 +28,8 @@ from ferpipe.evaluation import predict_probabilities
 from ferpipe.faces import FaceDetector, crop_face, grayscale, is_fer_crop
 from ferpipe.inference import load_classifier
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".gif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".jp2"}
 CSV_COLUMNS = ["source", "frame", "x", "y", "width", "height", "label", "confidence", *CLASS_NAMES]
 
 
@@ -81,18 +82,35 @@ def parse_args(argv):
 
 
 def input_files(inputs, warn):
-    """(file, name for annotated copies) for each input; folders are walked recursively in sorted order."""
+    """(file, name for annotated copies) for each input; folders are walked recursively in sorted order.
+
+    Hidden files and folders are skipped. Names of annotated copies keep the folder structure
+    below each input folder, and get a number when two inputs would share a name.
+    """
+    taken = set()
     for item in map(Path, inputs):
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
+            files = sorted(p for p in item.rglob("*")
+                           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(item).parts))
             if not files:
                 warn(f"{item}: empty folder, nothing to classify")
-            for file in files:
-                yield file, Path(item.name) / file.relative_to(item)
+            named = [(file, Path(item.name) / file.relative_to(item)) for file in files]
         elif item.is_file():
-            yield item, Path(item.name)
+            named = [(item, Path(item.name))]
         else:
             warn(f"{item}: no such file or folder")
+            continue
+        for file, name in named:
+            unique, n = name, 1
+            while unique in taken:
+                n += 1
+                unique = name.with_name(f"{name.stem}_{n}{name.suffix}")
+            taken.add(unique)
+            yield file, unique
+
+
+class FileProblem(Exception):
+    """Something wrong with one input file; reported, and the batch goes on."""
 
 
 class Predictor:
@@ -114,24 +132,55 @@ class Predictor:
         probs = predict_probabilities(self.model, np.stack(crops), self.args.tta, batch_size=256)
         return [Face(source, frame, box, p) for box, p in zip(boxes, probs)]
 
-    def video_frames(self, path: Path):
-        """(index, frame) of every Nth frame; None if the file is not a readable video."""
-        capture = cv2.VideoCapture(str(path))
+    def frames(self, path: Path):
+        """(frame index or None, image) pairs: one for an image, every Nth frame for a video."""
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as err:
+            raise FileProblem(f"cannot read: {err.strerror}") from None
+        suffix = path.suffix.lower()
+        kind = "image" if suffix in IMAGE_SUFFIXES else "video" if suffix in VIDEO_SUFFIXES else "image or video"
+        if suffix not in VIDEO_SUFFIXES:
+            image = decode(path)
+            if image is not None and image.size:
+                return [(None, image)]
+            if suffix in IMAGE_SUFFIXES:
+                raise FileProblem("not a readable image")
+        capture = cv2.VideoCapture(str(path))  # videos, and files of unknown type that are no image
         if not capture.isOpened():
-            return None
+            capture.release()
+            raise FileProblem(f"not a readable {kind}")
+        return self._video_frames(capture, kind)
 
-        def frames():
-            index = 0
-            try:
-                while capture.grab():
-                    if index % self.args.every == 0:
-                        ok, frame = capture.retrieve()
-                        if ok:
-                            yield index, frame
-                    index += 1
-            finally:
-                capture.release()
-        return frames()
+    def _video_frames(self, capture, kind):
+        index = 0
+        try:
+            while capture.grab():
+                if index % self.args.every == 0:
+                    ok, frame = capture.retrieve()
+                    if ok:
+                        yield index, frame
+                index += 1
+        finally:
+            capture.release()
+        if index == 0:
+            raise FileProblem(f"not a readable {kind} (no frames)")
+
+    def classify_file(self, path: Path, name: Path, emit) -> int:
+        """Classify every face of one file, emit each, write annotated copies; returns the number of faces."""
+        found = 0
+        for frame_index, image in self.frames(path):
+            faces = self.faces_in(image, str(path), frame_index)
+            for face in faces:
+                emit(face)
+            found += len(faces)
+            if self.args.annotate and faces:
+                target = self.args.annotate / name
+                if frame_index is not None:
+                    target = target.with_name(f"{target.name}_frames") / f"frame_{frame_index:06d}.jpg"
+                write_image(target, annotate(image, faces))
+        return found
 
 
 def annotate(image: np.ndarray, faces: list[Face]) -> np.ndarray:
@@ -154,9 +203,29 @@ def annotate(image: np.ndarray, faces: list[Face]) -> np.ndarray:
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
+    """Write in the file's own format where OpenCV has an encoder for it, else as PNG (name + .png)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image):  # an extension OpenCV cannot write
-        cv2.imwrite(str(path.with_suffix(".png")), image)
+    ok = False
+    if path.suffix:
+        try:
+            ok, encoded = cv2.imencode(path.suffix, image)
+        except cv2.error:
+            ok = False
+    if not ok:
+        path = path.with_name(path.name + ".png")
+        ok, encoded = cv2.imencode(".png", image)
+    encoded.tofile(str(path))
+
+
+def check_output_paths(args) -> str | None:
+    """A message if --output or --annotate cannot be written, before any work starts."""
+    if args.output and not args.output.parent.is_dir():
+        return f"--output {args.output}: folder {args.output.parent} does not exist"
+    if args.output and args.output.is_dir():
+        return f"--output {args.output} is a folder; give a file name"
+    if args.annotate and args.annotate.exists() and not args.annotate.is_dir():
+        return f"--annotate {args.annotate} is a file; give a folder"
+    return None
 
 
 def run(args) -> int:
@@ -166,6 +235,10 @@ def run(args) -> int:
         problems.append(message)
         print(f"ferpipe predict: {message}", file=sys.stderr, flush=True)
 
+    bad_path = check_output_paths(args)
+    if bad_path:
+        print(f"ferpipe predict: error: {bad_path}", file=sys.stderr)
+        return 2
     try:
         predictor = Predictor(args)
     except FerError as err:
@@ -175,37 +248,23 @@ def run(args) -> int:
     writer = csv.DictWriter(out, CSV_COLUMNS) if args.format == "csv" else None
     if writer:
         writer.writeheader()
+
+    def emit(face: Face):
+        if writer:
+            writer.writerow(face.as_row())
+        else:
+            out.write(json.dumps(face.as_dict()) + "\n")
+
     n_faces = n_files = 0
     try:
         for path, name in input_files(args.inputs, warn):
-            if path.suffix.lower() in VIDEO_SUFFIXES:
-                frames = predictor.video_frames(path)
-                if frames is None:
-                    warn(f"{path}: not a readable video")
-                    continue
-            else:
-                image = decode(path)
-                if image is None or image.size == 0:
-                    warn(f"{path}: not a readable image")
-                    continue
-                frames = [(None, image)]
-            found, read_any = 0, False
-            for frame_index, image in frames:
-                read_any = True
-                faces = predictor.faces_in(image, str(path), frame_index)
-                for face in faces:
-                    if writer:
-                        writer.writerow(face.as_row())
-                    else:
-                        out.write(json.dumps(face.as_dict()) + "\n")
-                found += len(faces)
-                if args.annotate and faces:
-                    target = args.annotate / name
-                    if frame_index is not None:
-                        target = target.with_name(f"{target.name}_frames") / f"frame_{frame_index:06d}.jpg"
-                    write_image(target, annotate(image, faces))
-            if not read_any:
-                warn(f"{path}: not a readable video (no frames)")
+            try:
+                found = predictor.classify_file(path, name, emit)
+            except FileProblem as problem:
+                warn(f"{path}: {problem}")
+                continue
+            except (cv2.error, OSError) as err:  # e.g. an image header claiming a gigantic size
+                warn(f"{path}: cannot process: {str(err).strip().splitlines()[-1]}")
                 continue
             n_files += 1
             if not found:

@@ -19,8 +19,9 @@ def quality_report(index: pd.DataFrame, images: np.ndarray) -> dict:
     """Counts (for metrics) and lists (for the report file) of duplicate groups and blank frames.
 
     `index` has path, label and split (train / val / test) per row of `images`. A duplicate group is
-    a set of images with identical decoded pixels; it leaks when it has members both in test and
-    in train or val.
+    a set of images whose pixels are identical after conversion to 48x48 grayscale (for FER-2013,
+    which is stored that way, identical decoded files); it leaks when it has members both in test
+    and in train or val.
     """
     table = index[["path", "label", "split"]].assign(digest=[pixel_digest(image) for image in images])
     sizes = table.groupby("digest")["path"].transform("size")

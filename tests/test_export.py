@@ -67,3 +67,33 @@ def test_load_classifier_refuses_a_corrupt_file(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"not keras")
     with pytest.raises(FerError, match="cannot load Keras model"):
         load_classifier(tmp_path / "model.keras")
+
+
+def load_stage(project, name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", project / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_stage_without_a_trained_model_says_what_to_run(project):
+    from conftest import run_stage
+
+    result = run_stage(project, "export", check=False)
+    assert result.returncode == 2 and "run the train stage first" in result.stderr
+
+
+def test_a_failed_parity_check_leaves_no_onnx_file_behind(project, monkeypatch):
+    from conftest import run_stage
+
+    run_stage(project, "prepare")
+    run_stage(project, "train")
+    monkeypatch.chdir(project)
+    stage = load_stage(project, "export")
+    monkeypatch.setattr(stage, "MAX_PROBABILITY_DIFFERENCE", -1.0)  # no export can pass this
+    with pytest.raises(FerError, match="disagrees with Keras"):
+        stage.main()
+    assert not (project / "models/model.onnx").exists()
+    assert (project / "metrics/export.json").is_file()  # the measured figures are kept for inspection

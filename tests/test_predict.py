@@ -1,5 +1,6 @@
 """`ferpipe predict` on images, folders and videos drawn by the tests, in JSON and CSV."""
 import csv
+import os
 import io
 import json
 import subprocess
@@ -106,7 +107,7 @@ def test_a_folder_with_bad_files_among_good_ones_is_processed_in_full(model_file
     assert all(r["label"] in CLASS_NAMES and r["frame"] == "" for r in rows)
     assert sum(float(rows[0][name]) for name in CLASS_NAMES) == pytest.approx(1, abs=1e-4)
     assert f"{folder / 'b_corrupt.jpg'}: not a readable image" in err
-    assert f"{folder / 'c_notes.txt'}: not a readable image" in err
+    assert f"{folder / 'c_notes.txt'}: not a readable image or video" in err
     assert f"{tmp_path / 'missing.jpg'}: no such file or folder" in err
 
 
@@ -206,3 +207,89 @@ def test_the_command_line_entry_point(model_files, tmp_path):
     assert result.returncode == 0 and json.loads(result.stdout)["source"] == str(photo)
     usage = subprocess.run([sys.executable, "-m", "ferpipe", "--help"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 0 and "predict" in usage.stdout and "bench" in usage.stdout
+
+
+def test_one_broken_file_never_stops_the_batch(model_files, tmp_path, capsys):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    huge = cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1].tobytes()
+    huge = huge[:16] + (200000).to_bytes(4, "big") + (200000).to_bytes(4, "big") + huge[24:]  # IHDR claims 200000^2
+    (folder / "a_huge.png").write_bytes(huge)
+    cv2.imwrite(str(folder / "b_face.png"), draw_face())
+    (folder / "c_noextension").write_bytes(cv2.imencode(".png", draw_face())[1].tobytes())
+    (folder / "d_empty.avi").write_bytes(b"")
+    code, out, err = run_predict(capsys, "--model", model_files[0], "--annotate", tmp_path / "out", folder)
+    assert code == 0
+    assert [f["source"] for f in json_lines(out)] == [str(folder / "b_face.png"), str(folder / "c_noextension")]
+    assert f"{folder / 'a_huge.png'}:" in err and f"{folder / 'd_empty.avi'}: not a readable video" in err
+    assert (tmp_path / "out" / "batch" / "c_noextension.png").is_file()  # no extension: written as PNG
+
+
+def test_hidden_folders_are_skipped_and_annotated_names_never_collide(model_files, tmp_path, capsys):
+    for folder in ("a", "b", "a/.ipynb_checkpoints"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "photo.png"), draw_face())
+    code, out, err = run_predict(capsys, "--model", model_files[0], "--annotate", tmp_path / "out",
+                                 tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png", tmp_path / "a")
+    assert code == 0 and len(json_lines(out)) == 3 and ".ipynb_checkpoints" not in out + err
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
+        "a/photo.png", "photo.png", "photo_2.png"]
+
+
+def test_video_rows_carry_the_frame_index_in_csv(model_files, tmp_path, capsys):
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (240, 240))
+    for i in range(7):
+        writer.write(draw_face(shift=i))
+    writer.release()
+    code, out, _ = run_predict(capsys, "--model", model_files[0], "--format", "csv", "--every", 3, video)
+    assert code == 0
+    assert [row["frame"] for row in csv.DictReader(io.StringIO(out))] == ["0", "3", "6"]
+
+
+def test_a_48x48_crop_stored_in_colour_is_still_classified_whole(model_files, tmp_path, capsys):
+    crop = tmp_path / "crop.png"
+    cv2.imwrite(str(crop), cv2.cvtColor(no_face(48), cv2.COLOR_GRAY2BGR))
+    code, out, _ = run_predict(capsys, "--model", model_files[0], crop)
+    assert code == 0 and json_lines(out)[0]["box"] == {"x": 0, "y": 0, "width": 48, "height": 48}
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
+def test_a_file_without_read_permission_is_reported(model_files, tmp_path, capsys):
+    locked = tmp_path / "locked.png"
+    cv2.imwrite(str(locked), draw_face())
+    locked.chmod(0)
+    code, _, err = run_predict(capsys, "--model", model_files[0], locked)
+    assert code == 1 and "cannot read: Permission denied" in err
+
+
+@pytest.mark.parametrize("option, target, message", [
+    ("--output", "missing/r.jsonl", "does not exist"),
+    ("--output", ".", "is a folder"),
+    ("--annotate", "a_file", "is a file"),
+])
+def test_unwritable_output_paths_exit_2_before_any_work(model_files, tmp_path, capsys, option, target, message):
+    (tmp_path / "a_file").write_text("x")
+    code, out, err = run_predict(capsys, "--model", model_files[0], option, tmp_path / target, tmp_path)
+    assert code == 2 and out == "" and message in err
+
+
+def test_predict_help_names_the_inputs_and_outputs():
+    result = subprocess.run([sys.executable, "-m", "ferpipe", "predict", "--help"], capture_output=True, text=True,
+                            cwd=REPO, timeout=60)
+    assert result.returncode == 0
+    for word in ("--format", "--annotate", "--every", "Exit status"):
+        assert word in result.stdout
+
+
+def test_a_face_at_the_edge_is_padded_not_stretched():
+    from ferpipe.faces import crop_face
+
+    gray = np.zeros((100, 100), np.uint8)
+    gray[:, :50] = 200  # left half bright
+    inside = crop_face(gray, (25, 25, 50, 50), margin=0)
+    edge = crop_face(gray, (0, 25, 50, 50), margin=0.5)  # grown box reaches 25 px past the left edge
+    assert inside.shape == edge.shape == (48, 48)
+    assert (inside[:, :22] == 200).all() and (inside[:, 26:] == 0).all()
+    # 100 px box: 25 px of replicated edge + 50 bright + 25 dark -> bright over the left 3/4
+    assert (edge[:, :34] == 200).all() and (edge[:, 38:] == 0).all()
