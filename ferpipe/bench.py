@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from ferpipe import IMAGE_SIZE, params as params_module
-from ferpipe.inference import KERAS_FILE, ONNX_FILE, OnnxModel
+from ferpipe.inference import INT8_FILE, KERAS_FILE, ONNX_FILE, OnnxModel
 from ferpipe.training import compile_model, cpu_name, one_hot, set_precision
 
 DEFAULT_WIDTH = {"seed": 64, "compact": 32, "vgg": 64}
@@ -67,20 +67,26 @@ def latency_ms(model, face: np.ndarray, runs: int) -> tuple[float, float]:
 
 def deployed_models(train: dict, workdir: Path) -> tuple[dict, str]:
     """{runtime name: model} for the trained model files, or for a fresh default model."""
-    from ferpipe.export import export_onnx
+    from ferpipe.export import compute_dtype, export_onnx, quantize_int8
     from ferpipe.model import build_model
 
     if KERAS_FILE.is_file() and ONNX_FILE.is_file():
-        keras_model, onnx_file, origin = keras.saving.load_model(KERAS_FILE), ONNX_FILE, f"{KERAS_FILE}, {ONNX_FILE}"
+        keras_model, onnx_file, int8_file = keras.saving.load_model(KERAS_FILE), ONNX_FILE, INT8_FILE
+        origin = ", ".join(str(f) for f in (KERAS_FILE, ONNX_FILE, INT8_FILE) if f.is_file())
     else:
-        keras_model, onnx_file = build_model(train), workdir / "model.onnx"
+        keras_model, onnx_file, int8_file = build_model(train), workdir / "model.onnx", workdir / "model.int8.onnx"
         export_onnx(keras_model, onnx_file)
+        noise = np.random.default_rng(0).integers(0, 256, (64, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+        quantize_int8(onnx_file, int8_file, noise)  # calibration data does not change the speed
         missing = " and ".join(str(f) for f in (KERAS_FILE, ONNX_FILE) if not f.is_file())
         origin = f"a fresh {train['model']} model (width {train['width']}), since {missing} is missing"
     import onnxruntime
 
-    return {f"Keras {keras.__version__} ({keras_model.dtype_policy.name})": keras_model,
-            f"ONNX Runtime {onnxruntime.__version__} (float32)": OnnxModel(onnx_file)}, origin
+    models = {f"Keras {keras.__version__} ({compute_dtype(keras_model)})": keras_model,
+              f"ONNX Runtime {onnxruntime.__version__} (float32)": OnnxModel(onnx_file)}
+    if int8_file.is_file():
+        models[f"ONNX Runtime {onnxruntime.__version__} (int8)"] = OnnxModel(int8_file)
+    return models, origin
 
 
 def inference_table(train: dict, faces: int, batch_size: int, runs: int) -> None:

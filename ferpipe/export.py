@@ -1,11 +1,14 @@
-"""Export a trained Keras model to ONNX, and check that the export predicts what Keras predicts."""
+"""Export a trained Keras model to ONNX (float32, and int8 for speed), and compare the predictions."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import keras
 import numpy as np
+
+INPUT_NAME = "pixels"
 
 
 def inference_graph(model: keras.Model) -> keras.Model:
@@ -14,7 +17,7 @@ def inference_graph(model: keras.Model) -> keras.Model:
     ONNX export needs a float32 graph, and the random layers would otherwise be traced into it.
     The trained model is a chain of layers, so it is rebuilt layer by layer with copied weights.
     """
-    x = inputs = keras.Input(model.input_shape[1:], name="pixels")
+    x = inputs = keras.Input(model.input_shape[1:], name=INPUT_NAME)
     for layer in model.layers[1:]:
         if layer.__class__.__name__.startswith("Random"):
             continue
@@ -35,6 +38,39 @@ def export_onnx(model: keras.Model, path) -> keras.Model:
     graph.export(str(partial), format="onnx", verbose=False)
     os.replace(partial, path)
     return graph
+
+
+def quantize_int8(onnx_path, int8_path, calibration: np.ndarray) -> None:
+    """Static int8 quantization (QDQ, per-channel weights) of an ONNX model, calibrated on `calibration`.
+
+    `calibration`: (n, 48, 48) uint8 training images; activation ranges are taken from them.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    batches = [calibration[i:i + 32].astype(np.float32)[..., None] for i in range(0, len(calibration), 32)]
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(batches)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    int8_path = Path(int8_path)
+    with tempfile.TemporaryDirectory() as workdir:
+        prepared = Path(workdir) / "prepared.onnx"
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        partial = Path(workdir) / "int8.onnx"
+        quantize_static(str(prepared), str(partial), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        os.replace(partial, int8_path)
+
+
+def compute_dtype(model: keras.Model) -> str:
+    """The dtype policy its layers compute in (a loaded model reports float32 for itself)."""
+    return next(layer.dtype_policy.name for layer in model.layers if layer.weights)
 
 
 def parity(reference: np.ndarray, exported: np.ndarray) -> dict:

@@ -13,6 +13,7 @@ from ferpipe import CLASS_NAMES, FerError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ONNX_FILE = Path("models/model.onnx")
+INT8_FILE = Path("models/model.int8.onnx")
 KERAS_FILE = Path("models/model.keras")
 
 

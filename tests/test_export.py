@@ -93,7 +93,7 @@ def test_a_failed_parity_check_leaves_no_onnx_file_behind(project, monkeypatch):
     monkeypatch.chdir(project)
     stage = load_stage(project, "export")
     monkeypatch.setattr(stage, "MAX_PROBABILITY_DIFFERENCE", -1.0)  # no export can pass this
-    with pytest.raises(FerError, match="disagrees with Keras"):
+    with pytest.raises(FerError, match="model.onnx disagrees with Keras"):
         stage.main()
     assert not (project / "models/model.onnx").exists()
     assert (project / "metrics/export.json").is_file()  # the measured figures are kept for inspection

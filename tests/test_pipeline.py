@@ -55,8 +55,9 @@ def test_repro_noop_visualize_only_and_experiment(repo, fer_tree):
     assert train_summary["epochs_run"] == 1
     assert (repo / "models/model.keras").is_file()
     export = json.loads((repo / "metrics/export.json").read_text())
-    assert export["images"] == 14 and export["parity"]["max_probability_difference"] < 1e-4
-    assert export["parity"]["label_agreement"] == 1.0 and 0 <= export["accuracy"] <= 1
+    assert export["images"] == 14 and export["float32"]["parity"]["max_probability_difference"] < 1e-4
+    assert export["float32"]["parity"]["label_agreement"] == 1.0 and 0 <= export["int8"]["accuracy"] <= 1
+    assert (repo / "models/model.int8.onnx").is_file()
     predicted = sh(repo, sys.executable, "-m", "ferpipe", "predict", "--format", "csv", str(fer_tree / "test"))
     assert predicted.count("\n") >= 15 and "models/model.onnx (ONNX Runtime" in predicted  # header + 14 crops
     assert "confusion" in dvc(repo, "plots", "show", "--json")
