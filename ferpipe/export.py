@@ -59,13 +59,18 @@ def quantize_int8(onnx_path, int8_path, calibration: np.ndarray) -> None:
             return None if batch is None else {INPUT_NAME: batch}
 
     int8_path = Path(int8_path)
-    with tempfile.TemporaryDirectory() as workdir:
-        prepared = Path(workdir) / "prepared.onnx"
-        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
-        partial = Path(workdir) / "int8.onnx"
-        quantize_static(str(prepared), str(partial), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        os.replace(partial, int8_path)
+    # ONNX Runtime's quantizer keeps scratch files in tempfile's folder: keep them inside models/
+    with tempfile.TemporaryDirectory(dir=int8_path.parent, prefix=".quantize-") as workdir:
+        default_tempdir, tempfile.tempdir = tempfile.tempdir, workdir
+        try:
+            prepared = Path(workdir) / "prepared.onnx"
+            quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+            partial = Path(workdir) / "int8.onnx"
+            quantize_static(str(prepared), str(partial), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            os.replace(partial, int8_path)
+        finally:
+            tempfile.tempdir = default_tempdir
 
 
 def compute_dtype(model: keras.Model) -> str:
@@ -73,9 +78,18 @@ def compute_dtype(model: keras.Model) -> str:
     return next(layer.dtype_policy.name for layer in model.layers if layer.weights)
 
 
-def parity(reference: np.ndarray, exported: np.ndarray) -> dict:
-    """Largest probability difference and share of equal predicted labels."""
+def parity(reference: np.ndarray, exported: np.ndarray, margin: float = 0.1) -> dict:
+    """Largest probability difference and share of equal labels, overall and where `reference` is decided.
+
+    'Decided': the reference's top class leads the second by at least `margin`; rounding (int8) may
+    flip labels only where two classes are nearly tied.
+    """
+    top_two = np.sort(reference, axis=1)[:, -2:]
+    decided = top_two[:, 1] - top_two[:, 0] >= margin
+    same = reference.argmax(axis=1) == exported.argmax(axis=1)
     return {
         "max_probability_difference": float(np.abs(reference - exported).max()),
-        "label_agreement": float((reference.argmax(axis=1) == exported.argmax(axis=1)).mean()),
+        "label_agreement": float(same.mean()),
+        f"label_agreement_where_margin_{margin:g}": float(same[decided].mean()) if decided.any() else 1.0,
+        f"images_with_margin_{margin:g}": int(decided.sum()),
     }

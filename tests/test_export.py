@@ -47,9 +47,11 @@ def test_onnx_export_matches_keras(tmp_path):
 
 
 def test_parity_measures_differences_and_disagreements():
-    a = np.array([[0.6, 0.4], [0.2, 0.8]])
-    b = np.array([[0.55, 0.45], [0.6, 0.4]])
-    assert parity(a, b) == {"max_probability_difference": pytest.approx(0.4), "label_agreement": 0.5}
+    a = np.array([[0.6, 0.4], [0.2, 0.8], [0.52, 0.48]])
+    b = np.array([[0.55, 0.45], [0.6, 0.4], [0.48, 0.52]])
+    assert parity(a, b) == {"max_probability_difference": pytest.approx(0.4), "label_agreement": pytest.approx(1 / 3),
+                            "label_agreement_where_margin_0.1": 0.5, "images_with_margin_0.1": 2}
+    assert parity(a[2:], b[2:])["label_agreement_where_margin_0.1"] == 1.0  # nothing decided: nothing to disagree
 
 
 def test_onnx_model_takes_images_without_a_channel_axis(tmp_path):
@@ -85,15 +87,19 @@ def test_export_stage_without_a_trained_model_says_what_to_run(project):
     assert result.returncode == 2 and "run the train stage first" in result.stderr
 
 
-def test_a_failed_parity_check_leaves_no_onnx_file_behind(project, monkeypatch):
+@pytest.mark.parametrize("limit, failed, kept", [
+    ("MAX_PROBABILITY_DIFFERENCE", "model.onnx", "model.int8.onnx"),
+    ("INT8_MAX_PROBABILITY_DIFFERENCE", "model.int8.onnx", "model.onnx"),
+])
+def test_a_failed_parity_check_removes_only_that_export(project, monkeypatch, limit, failed, kept):
     from conftest import run_stage
 
     run_stage(project, "prepare")
     run_stage(project, "train")
     monkeypatch.chdir(project)
     stage = load_stage(project, "export")
-    monkeypatch.setattr(stage, "MAX_PROBABILITY_DIFFERENCE", -1.0)  # no export can pass this
-    with pytest.raises(FerError, match="model.onnx disagrees with Keras"):
+    monkeypatch.setattr(stage, limit, -1.0)  # no export can pass this
+    with pytest.raises(FerError, match=f"models/{failed} disagrees with Keras"):
         stage.main()
-    assert not (project / "models/model.onnx").exists()
+    assert not (project / "models" / failed).exists() and (project / "models" / kept).exists()
     assert (project / "metrics/export.json").is_file()  # the measured figures are kept for inspection
