@@ -14,4 +14,7 @@ def run_stage(main) -> None:
     except FerError as err:
         print(f"ERROR: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; `dvc repro` goes on from here (train from its last completed epoch)", file=sys.stderr)
+        sys.exit(130)
     print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)

@@ -1,8 +1,12 @@
 """Fit a model with the recipe in params['train']; used by the train stage and the benchmark."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -144,22 +148,161 @@ def inference_model(model: keras.Model, train: dict) -> keras.Model:
     return copy
 
 
-def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None):
-    """Seed, build, compile and fit; returns (model, history). Data are (uint8 images, int labels)."""
+class Checkpoint(keras.callbacks.Callback):
+    """Saves, after every epoch, what an interrupted run needs to go on from there.
+
+    In `directory`: the model with its optimizer state (learning rate included), the LR schedule's
+    and early stopping's counters, early stopping's best weights, the wall time used and the
+    per-epoch logs so far. `state.json` is replaced atomically and written last, so a kill at any
+    moment leaves the last complete epoch. Place it after the callbacks whose state it restores.
+    """
+
+    def __init__(self, directory: Path, fingerprint: str, schedule, stop, budget):
+        super().__init__()
+        self.directory, self.fingerprint = Path(directory), fingerprint
+        self.schedule, self.stop, self.budget = schedule, stop, budget
+        self.state = self._load()
+        self.epochs_done_at_start = self.epochs_done
+        self.logs = {k: list(v) for k, v in self.state["logs"].items()} if self.state else {}
+
+    @property
+    def epochs_done(self) -> int:
+        return self.state["epochs_done"] if self.state else 0
+
+    def _load(self) -> dict | None:
+        try:
+            state = json.loads((self.directory / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            print(f"ignoring the interrupted run's state in {self.directory}: params or data have changed since",
+                  flush=True)
+            self.clear()
+            return None
+        return state
+
+    def resumed_model(self) -> keras.Model:
+        return keras.saving.load_model(self.directory / self.state["model_file"])
+
+    def past_epochs(self):
+        """(epoch, logs) of the epochs done before the interruption."""
+        for epoch in range(self.epochs_done):
+            yield epoch, {name: values[epoch] for name, values in self.logs.items()}
+
+    def on_train_begin(self, logs=None):
+        if not self.state:
+            return
+        if isinstance(self.schedule, keras.callbacks.ReduceLROnPlateau):
+            self.schedule.wait, self.schedule.best, self.schedule.cooldown_counter = self.state["plateau"]
+        stop = self.state["early_stopping"]
+        self.stop.wait, self.stop.best, self.stop.best_epoch = stop["wait"], stop["best"], stop["best_epoch"]
+        self.stop.best_weights = self.best_weights()
+        self.budget.start -= self.state["seconds"]
+
+    def best_weights(self) -> list[np.ndarray] | None:
+        name = self.state["early_stopping"]["weights_file"]
+        if not name:
+            return None
+        with np.load(self.directory / name) as weights:
+            return [weights[f"arr_{i}"] for i in range(len(weights.files))]
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            self.logs.setdefault(name, []).append(float(value))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        done = epoch + 1
+        model_file, weights_file = f"model-{done}.keras", None
+        self.model.save(self.directory / model_file)
+        if self.stop.best_weights is not None:
+            weights_file = f"best-{done}.npz"
+            np.savez(self.directory / weights_file, *self.stop.best_weights)
+        state = {
+            "fingerprint": self.fingerprint,
+            "epochs_done": done,
+            "stopped": bool(self.model.stop_training),
+            "model_file": model_file,
+            "plateau": [int(self.schedule.wait), _number(self.schedule.best), int(self.schedule.cooldown_counter)]
+            if isinstance(self.schedule, keras.callbacks.ReduceLROnPlateau) else None,
+            "early_stopping": {"wait": int(self.stop.wait), "best": _number(self.stop.best),
+                               "best_epoch": int(self.stop.best_epoch), "weights_file": weights_file},
+            "seconds": time.monotonic() - self.budget.start,
+            "logs": self.logs,
+        }
+        partial = self.directory / "state.json.partial"
+        partial.write_text(json.dumps(state))
+        os.replace(partial, self.directory / "state.json")
+        self.state = state
+        for old in self.directory.iterdir():
+            if old.name not in ("state.json", model_file, weights_file):
+                old.unlink()
+
+    def clear(self):
+        clear_resume_state(self.directory)
+
+
+def _number(value):
+    return None if value is None else float(value)
+
+
+def fingerprint(train: dict, *arrays: np.ndarray) -> str:
+    """What must not change between an interrupted run and its resumption: params, data and backend."""
+    digest = hashlib.sha256(json.dumps([train, keras.backend.backend()], sort_keys=True).encode())
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, resume_dir=None):
+    """Seed, build, compile and fit; returns (model, history). Data are (uint8 images, int labels).
+
+    With `resume_dir`, the run is checkpointed there after every epoch, and a run interrupted
+    with the same params and data goes on from its last completed epoch; `extra_callbacks` first
+    see the completed epochs replayed (DVCLive's curves stay whole). The caller clears the state
+    (`clear_resume_state`) once it has saved the model. history.history covers all epochs;
+    history.resumed_after counts those done before the interruption (0 for a fresh run).
+    """
     keras.utils.set_random_seed(train["seed"])
     set_precision(train["precision"])
-    model = compile_model(train)
     (x_train, y_train), (x_val, y_val) = train_data, val_data
+    callbacks = schedule_callbacks(train)
+    checkpoint = None
+    if resume_dir is not None:
+        checkpoint = Checkpoint(resume_dir, fingerprint(train, x_train, y_train, x_val, y_val), *callbacks)
+        callbacks.append(checkpoint)
+    resuming = checkpoint is not None and checkpoint.state is not None
+    model = checkpoint.resumed_model() if resuming else compile_model(train)
+    if resuming:
+        print(f"resuming after epoch {checkpoint.epochs_done} from the interrupted run's state in "
+              f"{checkpoint.directory}", flush=True)
+        for epoch, logs in checkpoint.past_epochs():
+            for callback in extra_callbacks:
+                callback.on_epoch_end(epoch, logs)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2  # one line per epoch in logs
-    history = model.fit(
-        as_model_input(x_train),
-        one_hot(y_train),
-        validation_data=(as_model_input(x_val), one_hot(y_val)),
-        epochs=train["epochs"],
-        batch_size=train["batch_size"],
-        class_weight=class_weights(train, y_train),
-        callbacks=[*schedule_callbacks(train), *extra_callbacks],
-        verbose=verbose,
-    )
+    if resuming and checkpoint.state["stopped"]:
+        # Interrupted after its last epoch, before the model was saved: only restore the best weights.
+        best = checkpoint.best_weights()
+        if best is not None:
+            model.set_weights(best)
+        history = keras.callbacks.History()
+    else:
+        history = model.fit(
+            as_model_input(x_train),
+            one_hot(y_train),
+            validation_data=(as_model_input(x_val), one_hot(y_val)),
+            epochs=train["epochs"],
+            initial_epoch=checkpoint.epochs_done if checkpoint else 0,
+            batch_size=train["batch_size"],
+            class_weight=class_weights(train, y_train),
+            callbacks=[*callbacks, *extra_callbacks],
+            verbose=verbose,
+        )
+    history.resumed_after = checkpoint.epochs_done_at_start if checkpoint else 0
+    if checkpoint is not None:
+        history.history = checkpoint.logs
     return model, history
+
+
+def clear_resume_state(directory: Path):
+    """Forget an interrupted run's state (a finished run must not leave any behind)."""
+    shutil.rmtree(directory, ignore_errors=True)

@@ -3,6 +3,9 @@
 Per-epoch loss, accuracy, val loss, val accuracy and learning rate go to DVCLive
 (metrics/train/); the model with the best validation loss is saved, without optimizer
 state (7 MB for the default net, small enough for git), to models/model.keras.
+After every epoch the run's state goes to models/.resume/, so that an interrupted run
+(Ctrl-C, SIGTERM, SIGKILL, a power cut) goes on from its last completed epoch at the next
+`dvc repro`; a finished run deletes it.
 """
 import time
 from pathlib import Path
@@ -14,11 +17,12 @@ from dvclive.utils import standardize_metric_name
 from ferpipe import params
 from ferpipe.data import PreparedData
 from ferpipe.stage import run_stage
-from ferpipe.training import cpu_name, fit, inference_model, resolve_precision
+from ferpipe.training import clear_resume_state, cpu_name, fit, inference_model, resolve_precision
 
 PREPARED_DIR = Path("data/prepared")
 LIVE_DIR = Path("metrics/train")
 MODEL_FILE = Path("models/model.keras")
+RESUME_DIR = Path("models/.resume")
 
 
 class LiveLogger(keras.callbacks.Callback):
@@ -45,20 +49,24 @@ def main():
 
     start = time.monotonic()
     with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
-        model, history = fit(train, (x_train, y_train), (x_val, y_val), extra_callbacks=[LiveLogger(live)])
+        model, history = fit(train, (x_train, y_train), (x_val, y_val), extra_callbacks=[LiveLogger(live)],
+                             resume_dir=RESUME_DIR)
         val_loss = history.history["val_loss"]
         best = min(range(len(val_loss)), key=val_loss.__getitem__)
         seconds = time.monotonic() - start
+        epochs_here = len(val_loss) - history.resumed_after
         live.summary.update({
             "best_epoch": best + 1,
             "best_val_loss": val_loss[best],
             "best_val_accuracy": history.history["val_accuracy"][best],
             "epochs_run": len(val_loss),
-            "train_minutes": round(seconds / 60, 1),
-            "train_images_per_second": round(len(x_train) * len(val_loss) / seconds, 1),
+            "resumed_after_epoch": history.resumed_after,
+            "train_minutes": round(seconds / 60, 1),  # of this process, when resumed
+            "train_images_per_second": round(len(x_train) * epochs_here / seconds, 1) if epochs_here else None,
         })
     MODEL_FILE.parent.mkdir(parents=True, exist_ok=True)
     inference_model(model, train).save(MODEL_FILE)
+    clear_resume_state(RESUME_DIR)
     print(f"saved {MODEL_FILE} (weights of epoch {best + 1}, val accuracy "
           f"{history.history['val_accuracy'][best]:.4f}) after {seconds / 60:.1f} min")
 

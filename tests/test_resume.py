@@ -1,0 +1,133 @@
+"""Resuming an interrupted training: in-process (Ctrl-C) and a SIGKILLed train stage under dvc repro."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import pytest
+
+from conftest import set_params, stage_env
+from ferpipe import training
+from test_model_and_training import recipe, tiny_data
+from test_pipeline import dvc, repo  # noqa: F401  (repo is a fixture)
+
+
+class InterruptAfter(keras.callbacks.Callback):
+    """Ctrl-C after `epochs` epochs (a KeyboardInterrupt, as Python raises on SIGINT)."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            raise KeyboardInterrupt
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append((epoch, round(logs["loss"], 6)))
+
+
+def test_an_interrupted_fit_goes_on_from_its_last_completed_epoch(tmp_path):
+    images, labels = tiny_data()
+    train = recipe(width=8, epochs=4, batch_size=16, early_stopping_patience=10)
+    first = EpochRecorder()
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(train, (images, labels), tiny_data(14, 1), verbose=0, resume_dir=tmp_path / "resume",
+                     extra_callbacks=[first, InterruptAfter(2)])
+    state = json.loads((tmp_path / "resume/state.json").read_text())
+    assert state["epochs_done"] == 2 and len(state["logs"]["loss"]) == 2
+
+    second = EpochRecorder()
+    model, history = training.fit(train, (images, labels), tiny_data(14, 1), verbose=0,
+                                  resume_dir=tmp_path / "resume", extra_callbacks=[second])
+    assert history.resumed_after == 2
+    assert len(history.history["loss"]) == 4
+    # The completed epochs are replayed to the callbacks first, then training goes on at epoch 3.
+    assert [epoch for epoch, _ in second.epochs] == [0, 1, 2, 3]
+    assert second.epochs[:2] == first.epochs
+    steps_per_epoch = -(-len(images) // 16)
+    assert int(model.optimizer.iterations) == 4 * steps_per_epoch  # optimizer state carried over
+
+
+def test_resumed_schedule_and_early_stopping_keep_their_counters(tmp_path):
+    images, labels = tiny_data()
+    val = tiny_data(14, 1)
+    train = recipe(width=8, epochs=4, batch_size=16, early_stopping_patience=10)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(train, (images, labels), val, verbose=0, resume_dir=tmp_path / "resume",
+                     extra_callbacks=[InterruptAfter(3)])
+    state = json.loads((tmp_path / "resume/state.json").read_text())
+
+    plateau, stop, budget = training.schedule_callbacks(train)
+    checkpoint = training.Checkpoint(tmp_path / "resume", training.fingerprint(train, images, labels, *val),
+                                     plateau, stop, budget)
+    before = time.monotonic()
+    for callback in (plateau, stop, budget, checkpoint):  # the order fit() uses
+        callback.on_train_begin()
+    after = time.monotonic()
+    assert [plateau.wait, plateau.best, plateau.cooldown_counter] == state["plateau"]
+    assert (stop.wait, stop.best, stop.best_epoch) == (state["early_stopping"]["wait"],
+                                                       state["early_stopping"]["best"],
+                                                       state["early_stopping"]["best_epoch"])
+    assert stop.best is not None and stop.best_weights is not None
+    # the time budget counts the interrupted run's time too
+    assert state["seconds"] > 0 and before - state["seconds"] <= budget.start <= after - state["seconds"]
+
+
+def test_state_from_other_params_is_ignored_with_a_message(tmp_path, capsys):
+    images, labels = tiny_data()
+    train = recipe(width=8, epochs=3, batch_size=16)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(train, (images, labels), tiny_data(14, 1), verbose=0, resume_dir=tmp_path / "resume",
+                     extra_callbacks=[InterruptAfter(1)])
+    train["lr"] = 0.002
+    _, history = training.fit(train, (images, labels), tiny_data(14, 1), verbose=0, resume_dir=tmp_path / "resume")
+    assert history.resumed_after == 0 and len(history.history["loss"]) == 3
+    assert "params or data have changed" in capsys.readouterr().out
+
+
+KILL_AFTER_EPOCH = """
+import os, runpy, signal, sys
+import keras
+from ferpipe import training
+
+class Kill(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == {epoch}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+original_fit = training.fit
+def fit(*args, extra_callbacks=(), **kwargs):
+    return original_fit(*args, extra_callbacks=[*extra_callbacks, Kill()], **kwargs)
+training.fit = fit
+sys.argv = ["stages/train.py"]
+runpy.run_path("stages/train.py", run_name="__main__")
+"""
+
+
+def test_dvc_repro_resumes_a_killed_train_stage_and_leaves_no_state_behind(repo):  # noqa: F811
+    set_params(repo, **{"train.epochs": 4, "train.early_stopping_patience": 10})
+    dvc(repo, "repro", "prepare")
+    killer = repo / "kill_after_epoch.py"
+    killer.write_text(KILL_AFTER_EPOCH.format(epoch=2))
+    killed = subprocess.run([sys.executable, str(killer)], cwd=repo, env=stage_env(repo), capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert json.loads((repo / "models/.resume/state.json").read_text())["epochs_done"] == 2
+
+    out = dvc(repo, "repro", "train")
+    assert "resuming after epoch 2" in out
+    summary = json.loads((repo / "metrics/train/metrics.json").read_text())
+    assert summary["epochs_run"] == 4 and summary["resumed_after_epoch"] == 2
+    loss_rows = (repo / "metrics/train/plots/metrics/train/loss.tsv").read_text().strip().splitlines()
+    assert [row.split("\t")[0] for row in loss_rows[1:]] == ["0", "1", "2", "3"]  # header, then steps 0-3
+    assert not (repo / "models/.resume").exists()
+    assert (repo / "models/model.keras").is_file()
