@@ -55,6 +55,7 @@ SCHEMA = {
         "data_root": _text,
         "val_fraction": _number(0, 0.9, lo_open=True),
         "seed": _number(0, integer=True),
+        "drop_defects": _boolean,
     },
     "train": {
         "model": _choice("seed", "compact", "vgg"),

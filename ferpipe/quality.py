@@ -50,3 +50,13 @@ def quality_report(index: pd.DataFrame, images: np.ndarray) -> dict:
     }
     return {"counts": counts, "blank_max_std": BLANK_MAX_STD, "near_blank": blank,
             "train_val_images_also_in_test": leaked, "duplicate_groups": groups}
+
+
+def defects_to_drop(index: pd.DataFrame, quality: dict) -> set[str]:
+    """Train/val paths that `prepare.drop_defects` removes: images also in test, members of groups
+    with conflicting labels, and near-blank frames. Test images are never dropped."""
+    conflicting = {path for group in quality["duplicate_groups"] if group["conflicting_labels"]
+                   for path in group["paths"]}
+    defects = set(quality["train_val_images_also_in_test"]) | conflicting | set(quality["near_blank"])
+    train_val = set(index.loc[index["split"] != "test", "path"])
+    return defects & train_val

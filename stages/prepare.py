@@ -4,6 +4,8 @@ Writes data/prepared/index.csv (path, label, split), data/prepared/images.npy (4
 row-aligned with the index), data/prepared/report.json (files excluded or converted),
 metrics/dataset.json (images per class per split), and the data-quality check: counts in
 metrics/data_quality.json, the duplicate groups and blank frames in data/quality/report.json.
+With prepare.drop_defects, train/val images that are also in test, carry conflicting labels or
+are blank are left out of the index (test stays whole); the quality report covers every image.
 """
 import json
 import sys
@@ -13,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ferpipe import CLASS_NAMES, data, params
-from ferpipe.quality import quality_report
+from ferpipe.quality import defects_to_drop, quality_report
 from ferpipe.stage import run_stage
 
 OUT_DIR = Path("data/prepared")
@@ -45,6 +47,13 @@ def main():
 
     order = index.sort_values(["split", "path"], kind="stable").index.to_numpy()
     index, images = index.iloc[order].reset_index(drop=True), images[order]
+    quality = quality_report(index, images)  # on every image, whether or not defects are dropped
+    dropped = sorted(defects_to_drop(index, quality)) if prepare["drop_defects"] else []
+    if dropped:
+        keep = ~index["path"].isin(dropped).to_numpy()
+        index, images = index[keep].reset_index(drop=True), images[keep]
+        print(f"prepare.drop_defects: dropped {len(dropped)} train/val images that are also in test, carry "
+              f"conflicting labels or are blank (listed in {OUT_DIR / 'report.json'})", flush=True)
     for label in CLASS_NAMES:
         of_class = index["label"] == label
         if not (of_class & (index["split"] == "train")).any():
@@ -58,7 +67,8 @@ def main():
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     index.to_csv(OUT_DIR / data.INDEX_FILE, index=False)
     np.save(OUT_DIR / data.IMAGES_FILE, images)
-    (OUT_DIR / "report.json").write_text(json.dumps(report.__dict__, indent=2) + "\n")
+    files_report = report.__dict__ | {"dropped_defects": dropped}
+    (OUT_DIR / "report.json").write_text(json.dumps(files_report, indent=2) + "\n")
 
     counts = index.groupby(["split", "label"]).size()
     stats = {
@@ -69,6 +79,7 @@ def main():
     stats["excluded_undecodable"] = len(report.undecodable)
     stats["converted_to_grayscale"] = len(report.converted_to_grayscale)
     stats["resized_to_48x48"] = len(report.resized)
+    stats["dropped_defects"] = len(dropped)
     STATS_FILE.parent.mkdir(parents=True, exist_ok=True)
     STATS_FILE.write_text(json.dumps(stats, indent=2) + "\n")
 
@@ -85,11 +96,10 @@ def main():
         if items:
             print(f"note: {len(items)} {what} (listed in {OUT_DIR / 'report.json'})", file=sys.stderr)
     print(f"indexed {len(index)} images: " + ", ".join(f"{s} {stats[s]['total']}" for s in ("train", "val", "test")))
-    write_quality_report(index, images)
+    write_quality_report(quality)
 
 
-def write_quality_report(index: pd.DataFrame, images: np.ndarray) -> None:
-    quality = quality_report(index, images)
+def write_quality_report(quality: dict) -> None:
     QUALITY_METRICS_FILE.write_text(json.dumps(quality["counts"], indent=2) + "\n")
     QUALITY_REPORT_FILE.parent.mkdir(parents=True, exist_ok=True)
     QUALITY_REPORT_FILE.write_text(json.dumps(quality, indent=1) + "\n")

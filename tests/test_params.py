@@ -58,6 +58,7 @@ def with_value(good, dotted, value):
         ("prepare.val_fraction", 1.0, "prepare.val_fraction"),
         ("prepare.data_root", "", "prepare.data_root"),
         ("prepare.seed", -1, "prepare.seed"),
+        ("prepare.drop_defects", "no", "prepare.drop_defects: got 'no', expected true or false"),
         ("evaluate.tta", "ten_crop", "evaluate.tta"),
         ("evaluate.batch_size", 0, "evaluate.batch_size"),
         ("visualize.grid_images", 0, "visualize.grid_images"),

@@ -29,7 +29,7 @@ def test_indexes_every_image_with_a_sorted_stratified_split(project):
     for name in CLASS_NAMES:  # 6 train images per class, val_fraction 0.2 -> 1 val, 5 train
         assert stats["train"][name] == 5 and stats["val"][name] == 1 and stats["test"][name] == 2
     assert stats["test"]["total"] == 14
-    assert report == {"undecodable": [], "converted_to_grayscale": [], "resized": []}
+    assert report == {"undecodable": [], "converted_to_grayscale": [], "resized": [], "dropped_defects": []}
 
 
 def test_images_are_row_aligned_with_the_index(project):
@@ -176,3 +176,27 @@ def test_a_clean_tree_has_an_empty_quality_report(project):
     run_stage(project, "prepare")
     counts = json.loads((project / "metrics/data_quality.json").read_text())
     assert set(counts.values()) == {0}
+
+
+def test_drop_defects_leaves_them_out_of_train_and_val_but_keeps_test_whole(project, fer_tree):
+    train, test = fer_tree / "train", fer_tree / "test"
+    leaked = sorted((train / "happy").iterdir())[0]
+    shutil.copy(leaked, test / "happy" / "PublicTest_leak.jpg")
+    conflicting = sorted((train / "sad").iterdir())[0]
+    shutil.copy(conflicting, train / "angry" / "Training_relabelled.jpg")
+    blank = train / "fear" / "Training_blank.jpg"
+    cv2.imwrite(str(blank), np.full((48, 48), 128, np.uint8))
+    run_stage(project, "prepare")
+    kept_index, _, kept_stats, kept_report = read_outputs(project)
+    assert kept_stats["dropped_defects"] == 0 and kept_report["dropped_defects"] == []
+    quality = (project / "metrics/data_quality.json").read_text()
+
+    set_params(project, **{"prepare.drop_defects": True})
+    result = run_stage(project, "prepare")
+    index, images, stats, report = read_outputs(project)
+    expected = sorted(p.as_posix() for p in (leaked, conflicting, train / "angry" / "Training_relabelled.jpg", blank))
+    assert report["dropped_defects"] == expected and stats["dropped_defects"] == 4
+    assert "dropped 4 train/val images" in result.stdout
+    assert not index["path"].isin(expected).any() and len(index) == len(kept_index) - 4 == len(images)
+    assert stats["test"] == kept_stats["test"]                      # test folder untouched
+    assert (project / "metrics/data_quality.json").read_text() == quality  # report covers every image

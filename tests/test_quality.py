@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 
-from ferpipe.quality import quality_report
+from ferpipe.quality import defects_to_drop, quality_report
 
 
 def images_and_index(rows):
@@ -45,3 +45,14 @@ def test_low_contrast_faces_are_not_blank():
     index, images = images_and_index([(7, "sad", "train")])
     images = (images // 32 + 100).astype(np.uint8)  # pixel values 100-107: faint but not constant
     assert quality_report(index, images)["counts"]["near_blank_images"] == 0
+
+
+def test_defects_to_drop_are_train_val_leaks_conflicts_and_blanks_never_test_images():
+    index, images = images_and_index([
+        (1, "happy", "val"), (1, "happy", "test"),      # img0 leaks into test: dropped; img1 kept
+        (2, "angry", "train"), (2, "sad", "train"),     # conflicting labels: both dropped
+        ("blank", "fear", "train"),                     # img4 blank: dropped
+        ("blank", "fear", "test"),                      # img5 blank but in test: kept
+        (3, "sad", "train"), (3, "sad", "train"),       # plain duplicates, same label: kept
+    ])
+    assert defects_to_drop(index, quality_report(index, images)) == {"img0.jpg", "img2.jpg", "img3.jpg", "img4.jpg"}
