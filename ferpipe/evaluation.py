@@ -1,21 +1,52 @@
-"""Classification metrics from predicted probabilities (NumPy only), and test-time augmentation."""
+"""Classification metrics from predicted probabilities, and test-time augmentation (TTA)."""
 from __future__ import annotations
 
 import numpy as np
 
-from ferpipe import CLASS_NAMES
+from ferpipe import CLASS_NAMES, TTA_MODES
+
+# flip_zoom's scales, chosen on the validation split (README, "Test-time augmentation").
+ZOOM_OUT, ZOOM_IN = 0.9, 1.1
 
 
-def predict_probabilities(model, images: np.ndarray, tta: str, batch_size: int, plain=None) -> np.ndarray:
-    """Class probabilities for (n, 48, 48) uint8 images; tta='flip' averages with the mirror image.
+def zoomed(images: np.ndarray, scale: float) -> np.ndarray:
+    """(n, 48, 48) images scaled about their centre (>1 zooms in), edges replicated as in training."""
+    import cv2
 
-    `plain`: the images' probabilities without TTA, if already computed (saves predicting them again).
-    """
-    x = images.astype("float32")[..., None]
-    probs = plain if plain is not None else model.predict(x, batch_size=batch_size, verbose=0)
-    if tta == "flip":
-        probs = (probs + model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)) / 2
-    return np.asarray(probs, dtype="float64")
+    size = images.shape[-1]
+    centre = (size - 1) / 2
+    matrix = cv2.getRotationMatrix2D((centre, centre), 0, scale)
+    return np.stack([cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REPLICATE) for image in images])
+
+
+# Each mode's views as (zoom scale, mirrored); their probabilities are averaged.
+TTA_VIEWS = {
+    "none": [(1.0, False)],
+    "flip": [(1.0, False), (1.0, True)],
+    "flip_zoom": [(scale, mirrored) for mirrored in (False, True) for scale in (1.0, ZOOM_OUT, ZOOM_IN)],
+}
+assert set(TTA_VIEWS) == set(TTA_MODES)
+
+
+def probabilities_by_tta(model, images: np.ndarray, batch_size: int, modes=TTA_MODES) -> dict[str, np.ndarray]:
+    """{mode: class probabilities} for (n, 48, 48) uint8 images; views shared by modes are predicted once."""
+    unknown = [mode for mode in modes if mode not in TTA_VIEWS]
+    if unknown:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {unknown[0]!r}")
+    predicted = {}
+    for view in dict.fromkeys(v for mode in modes for v in TTA_VIEWS[mode]):
+        scale, mirrored = view
+        x = images if scale == 1.0 or len(images) == 0 else zoomed(images, scale)
+        x = x[:, :, ::-1] if mirrored else x
+        predicted[view] = np.asarray(model.predict(x.astype("float32")[..., None], batch_size=batch_size,
+                                                   verbose=0), dtype="float64")
+    return {mode: np.mean([predicted[v] for v in TTA_VIEWS[mode]], axis=0) for mode in modes}
+
+
+def predict_probabilities(model, images: np.ndarray, tta: str, batch_size: int) -> np.ndarray:
+    """Class probabilities for (n, 48, 48) uint8 images, averaged over the views of `tta` (TTA_MODES)."""
+    return probabilities_by_tta(model, images, batch_size, modes=(tta,))[tta]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:

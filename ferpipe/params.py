@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from ferpipe import FerError
+from ferpipe import TTA_MODES, FerError
 
 
 class ParamsError(FerError):
@@ -84,7 +84,7 @@ SCHEMA = {
         },
     },
     "evaluate": {
-        "tta": _choice("none", "flip"),
+        "tta": _choice(*TTA_MODES),
         "batch_size": _number(1, 8192, integer=True),
     },
     "visualize": {

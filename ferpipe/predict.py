@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ferpipe import CLASS_NAMES, FerError
+from ferpipe import CLASS_NAMES, TTA_MODES, FerError
 from ferpipe.data import decode
 from ferpipe.evaluation import predict_probabilities
 from ferpipe.faces import FaceDetector, crop_face, grayscale, is_fer_crop
@@ -69,8 +69,9 @@ def parse_args(argv):
                         help="grow each face box by this share of its size per side before cropping (default: 0.2)")
     parser.add_argument("--min-face", type=int, default=24, metavar="PX", help="smallest face to detect (default: 24)")
     parser.add_argument("--whole", action="store_true", help="classify each image whole, without face detection")
-    parser.add_argument("--tta", choices=["none", "flip"], default="flip",
-                        help="flip: average with the mirrored face, as the evaluate stage does (default)")
+    parser.add_argument("--tta", choices=TTA_MODES, default="flip",
+                        help="flip (default): average with the mirrored face; flip_zoom: also with the face "
+                             "zoomed 0.9x and 1.1x and their mirrors (6 views, 3x the work); none: one view")
     args = parser.parse_args(argv)
     if args.every < 1:
         parser.error("--every must be at least 1")

@@ -1,5 +1,8 @@
 """evaluate: test accuracy, loss, macro-F1, per-class scores and the PublicTest/PrivateTest subsets.
 
+Headline figures use `evaluate.tta`; every TTA mode is also scored on the validation split (where
+the mode is chosen) and, for reference, on the test folder.
+
 Writes metrics/evaluate.json, plots/confusion.csv (for DVC's confusion template) and
 data/evaluate/predictions.csv (one row per test image, for the visualize stage).
 """
@@ -10,9 +13,9 @@ import keras
 import numpy as np
 import pandas as pd
 
-from ferpipe import CLASS_NAMES, FerError, params
+from ferpipe import CLASS_NAMES, TTA_MODES, FerError, params
 from ferpipe.data import PreparedData, test_subset
-from ferpipe.evaluation import predict_probabilities, summarize
+from ferpipe.evaluation import probabilities_by_tta, summarize
 from ferpipe.stage import run_stage
 
 PREPARED_DIR = Path("data/prepared")
@@ -26,11 +29,15 @@ def main():
     evaluate = params.load()["evaluate"]
     if not MODEL_FILE.is_file():
         raise FerError(f"{MODEL_FILE} not found: run the train stage first (dvc repro train)")
-    x_test, y_test, paths = PreparedData(PREPARED_DIR).split("test")
+    data = PreparedData(PREPARED_DIR)
+    x_test, y_test, paths = data.split("test")
+    x_val, y_val, _ = data.split("val")
     model = keras.saving.load_model(MODEL_FILE)
-    print(f"predicting {len(x_test)} test images (tta: {evaluate['tta']})", flush=True)
-    plain = predict_probabilities(model, x_test, "none", evaluate["batch_size"])
-    probs = predict_probabilities(model, x_test, evaluate["tta"], evaluate["batch_size"], plain=plain)
+    print(f"predicting {len(x_test)} test and {len(x_val)} validation images under each TTA mode "
+          f"({', '.join(TTA_MODES)}); reporting {evaluate['tta']}", flush=True)
+    test_by_tta = probabilities_by_tta(model, x_test, evaluate["batch_size"])
+    val_by_tta = probabilities_by_tta(model, x_val, evaluate["batch_size"]) if len(x_val) else {}
+    probs = test_by_tta[evaluate["tta"]]
 
     overall = summarize(y_test, probs)
     subsets = np.array([test_subset(p) for p in paths])
@@ -40,9 +47,13 @@ def main():
         if rows.any():
             part = summarize(y_test[rows], probs[rows])
             metrics[key] = {k: part[k] for k in ("accuracy", "loss", "macro_f1", "images")}
-    if evaluate["tta"] != "none":
-        without = summarize(y_test, plain)
-        metrics["without_tta"] = {k: without[k] for k in ("accuracy", "loss", "macro_f1")}
+    # The TTA mode is chosen on validation; the test figures of the other modes are for reference.
+    metrics["tta"] = {"used": evaluate["tta"]}
+    for split, labels, by_tta in (("validation", y_val, val_by_tta), ("test", y_test, test_by_tta)):
+        metrics["tta"][split] = {}
+        for mode, mode_probs in by_tta.items():
+            summary = summarize(labels, mode_probs)
+            metrics["tta"][split][mode] = {k: summary[k] for k in ("accuracy", "loss", "macro_f1")}
     metrics["per_class"] = overall["per_class"]
 
     METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +73,9 @@ def main():
         if key in metrics:
             summary += f"; {key} {metrics[key]['accuracy']:.4f}"
     print(summary)
+    if val_by_tta:
+        print("validation accuracy by TTA mode: " + ", ".join(
+            f"{mode} {acc['accuracy']:.4f}" for mode, acc in metrics["tta"]["validation"].items()))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import onnxruntime
 
 from ferpipe import FerError
 from ferpipe.data import PreparedData
-from ferpipe.evaluation import predict_probabilities, summarize
+from ferpipe.evaluation import predict_probabilities, probabilities_by_tta, summarize
 from ferpipe.export import compute_dtype, export_onnx, parity, quantize_int8
 from ferpipe.inference import INT8_FILE, KERAS_FILE, ONNX_FILE, OnnxModel
 from ferpipe.stage import run_stage
@@ -33,8 +33,8 @@ BATCH_SIZE = 256
 
 
 def scores(model, x_test, y_test, reference) -> tuple[dict, np.ndarray]:
-    probs = predict_probabilities(model, x_test, "none", BATCH_SIZE)
-    flipped = predict_probabilities(model, x_test, "flip", BATCH_SIZE, plain=probs)
+    by_tta = probabilities_by_tta(model, x_test, BATCH_SIZE, modes=("none", "flip"))
+    probs, flipped = by_tta["none"], by_tta["flip"]
     return {"parity": parity(reference, probs), "accuracy": summarize(y_test, probs)["accuracy"],
             "accuracy_flip_tta": summarize(y_test, flipped)["accuracy"]}, probs
 

@@ -4,7 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from ferpipe.evaluation import confusion_matrix, predict_probabilities, summarize
+from ferpipe import TTA_MODES
+from ferpipe.evaluation import (confusion_matrix, predict_probabilities, probabilities_by_tta, summarize,
+                                zoomed)
 
 
 def test_summary_on_a_hand_worked_example():
@@ -44,3 +46,48 @@ def test_flip_tta_averages_the_mirrored_prediction():
     images[:, :, :24] = 255
     assert predict_probabilities(LeftBrightness(), images, "none", 8)[0, 0] == pytest.approx(1.0)
     assert predict_probabilities(LeftBrightness(), images, "flip", 8)[0, 0] == pytest.approx(0.5)
+
+
+class CountingModel:
+    """A fake model: 'angry' probability = mean brightness; counts the views it is shown."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def predict(self, x, batch_size, verbose):
+        self.calls += 1
+        bright = x[..., 0].mean(axis=(1, 2)) / 255
+        probs = np.zeros((len(x), 7))
+        probs[:, 0], probs[:, 6] = bright, 1 - bright
+        return probs
+
+
+def test_zoom_in_grows_and_zoom_out_shrinks_a_centred_square_without_black_borders():
+    image = np.full((1, 48, 48), 100, np.uint8)
+    image[:, 14:34, 14:34] = 200                      # a 20x20 bright square
+    bright = lambda im: int((im > 150).sum())
+    assert bright(zoomed(image, 1.1)) > bright(image) > bright(zoomed(image, 0.9))
+    assert zoomed(image, 0.9).min() == 100            # edges replicated, no zero fill
+
+
+def test_flip_zoom_averages_six_views_and_all_modes_share_predictions():
+    images = np.full((3, 48, 48), 100, np.uint8)
+    images[:, 14:34, 14:34] = 200
+    model = CountingModel()
+    by_tta = probabilities_by_tta(model, images, batch_size=8)
+    assert set(by_tta) == set(TTA_MODES)
+    assert model.calls == 6                           # plain, zoom 0.9, zoom 1.1 and their mirrors
+    views = [images, zoomed(images, 0.9), zoomed(images, 1.1)]
+    expected = np.mean([view.mean(axis=(1, 2)) / 255 for view in views], axis=0)
+    assert by_tta["flip_zoom"][:, 0] == pytest.approx(expected)
+    assert by_tta["flip"][:, 0] == pytest.approx(by_tta["none"][:, 0])   # symmetric images
+    assert predict_probabilities(model, images, "flip_zoom", 8) == pytest.approx(by_tta["flip_zoom"])
+
+
+def test_tta_on_no_images_returns_an_empty_array():
+    assert probabilities_by_tta(CountingModel(), np.zeros((0, 48, 48), np.uint8), 8)["flip_zoom"].shape == (0, 7)
+
+
+def test_an_unknown_tta_mode_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="none, flip, flip_zoom.*'ten_crop'"):
+        predict_probabilities(CountingModel(), np.zeros((1, 48, 48), np.uint8), "ten_crop", 8)

@@ -92,6 +92,18 @@ def test_a_48x48_grayscale_crop_is_classified_whole(model_files, tmp_path, capsy
     assert face["box"] == {"x": 0, "y": 0, "width": 48, "height": 48}
 
 
+def test_every_tta_mode_gives_probabilities_that_sum_to_one(model_files, tmp_path, capsys):
+    crop = tmp_path / "crop.jpg"
+    cv2.imwrite(str(crop), no_face(48))
+    confidences = {}
+    for mode in ("none", "flip", "flip_zoom"):
+        code, out, _ = run_predict(capsys, "--model", model_files[0], "--tta", mode, crop)
+        [face] = json_lines(out)
+        assert code == 0 and sum(face["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+        confidences[mode] = face["confidence"]
+    assert len(set(confidences.values())) > 1       # the modes really average different views
+
+
 def test_a_folder_with_bad_files_among_good_ones_is_processed_in_full(model_files, tmp_path, capsys):
     folder = tmp_path / "batch"
     (folder / "nested").mkdir(parents=True)
