@@ -6,6 +6,7 @@ the mode is chosen) and, for reference, on the test folder.
 Writes metrics/evaluate.json, plots/confusion.csv (for DVC's confusion template) and
 data/evaluate/predictions.csv (one row per test image, for the visualize stage).
 """
+from ferpipe.stage import run_stage  # first: keeps library caches in the project
 import json
 from pathlib import Path
 
@@ -16,7 +17,6 @@ import pandas as pd
 from ferpipe import CLASS_NAMES, TTA_MODES, FerError, params
 from ferpipe.data import PreparedData, test_subset
 from ferpipe.evaluation import probabilities_by_tta, summarize
-from ferpipe.stage import run_stage
 
 PREPARED_DIR = Path("data/prepared")
 MODEL_FILE = Path("models/model.keras")

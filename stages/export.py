@@ -5,6 +5,7 @@ models/model.int8.onnx (int8, about 2.5x faster on CPUs with VNNI) and metrics/e
 for each, the largest probability difference and the label agreement with Keras on every
 test image, and its test accuracy. Fails, and removes the file, if an export disagrees.
 """
+from ferpipe.stage import run_stage  # first: keeps library caches in the project
 import json
 from pathlib import Path
 
@@ -17,7 +18,6 @@ from ferpipe.data import PreparedData
 from ferpipe.evaluation import predict_probabilities, probabilities_by_tta, summarize
 from ferpipe.export import compute_dtype, export_onnx, parity, quantize_int8
 from ferpipe.inference import INT8_FILE, KERAS_FILE, ONNX_FILE, OnnxModel
-from ferpipe.stage import run_stage
 
 PREPARED_DIR = Path("data/prepared")
 METRICS_FILE = Path("metrics/export.json")

@@ -7,6 +7,7 @@ metrics/data_quality.json, the duplicate groups and blank frames in data/quality
 With prepare.drop_defects, train/val images that are also in test, carry conflicting labels or
 are blank are left out of the index (test stays whole); the quality report covers every image.
 """
+from ferpipe.stage import run_stage  # first: keeps library caches in the project
 import json
 import sys
 from pathlib import Path
@@ -16,7 +17,6 @@ import pandas as pd
 
 from ferpipe import CLASS_NAMES, data, params
 from ferpipe.quality import defects_to_drop, quality_report
-from ferpipe.stage import run_stage
 
 OUT_DIR = Path("data/prepared")
 STATS_FILE = Path("metrics/dataset.json")

@@ -7,6 +7,7 @@ After every epoch the run's state goes to models/.resume/, so that an interrupte
 (Ctrl-C, SIGTERM, SIGKILL, a power cut) goes on from its last completed epoch at the next
 `dvc repro`; a finished run deletes it.
 """
+from ferpipe.stage import run_stage  # first: keeps library caches in the project
 import time
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from dvclive.utils import standardize_metric_name
 
 from ferpipe import params
 from ferpipe.data import PreparedData
-from ferpipe.stage import run_stage
 from ferpipe.training import clear_resume_state, cpu_name, fit, inference_model, resolve_precision
 
 PREPARED_DIR = Path("data/prepared")

@@ -1,4 +1,5 @@
 """visualize: training curves, training samples, a prediction grid and a confusion-matrix heatmap (PNGs in plots/)."""
+from ferpipe.stage import run_stage  # first: keeps library caches in the project
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +12,6 @@ import pandas as pd  # noqa: E402
 from ferpipe import CLASS_NAMES, FerError, params  # noqa: E402
 from ferpipe.data import PreparedData  # noqa: E402
 from ferpipe.evaluation import confusion_matrix  # noqa: E402
-from ferpipe.stage import run_stage  # noqa: E402
 
 PREPARED_DIR = Path("data/prepared")
 HISTORY_DIR = Path("metrics/train/plots/metrics")

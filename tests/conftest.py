@@ -72,8 +72,9 @@ def project(tmp_path, fer_tree):
     return dest
 
 
-def run_stage(project: Path, stage: str, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=project, env=stage_env(project),
+def run_stage(project: Path, stage: str, check=True, **env) -> subprocess.CompletedProcess:
+    """Run stages/<stage>.py in `project`; keyword arguments are extra environment variables."""
+    result = subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=project, env=stage_env(project) | env,
                             capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{stage} failed:\n{result.stdout}\n{result.stderr}")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import set_params, stage_env
+from conftest import run_stage, set_params, stage_env
 
 STAGES = ("prepare", "train", "evaluate", "export", "visualize")
 
@@ -86,3 +86,20 @@ def test_repro_noop_visualize_only_and_experiment(repo, fer_tree):
     assert 0.0005 in lrs
     assert "train.lr" in dvc(repo, "params", "diff")
     assert "metrics/evaluate.json" in dvc(repo, "metrics", "diff", "--all")
+
+
+def test_stages_write_only_into_data_models_metrics_and_plots(project, tmp_path):
+    """Keras' config, Matplotlib's font cache, ONNX Runtime's device id and temporary files would
+    otherwise land in the home directory and /tmp."""
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir(), tmp.mkdir()
+    before = {p for p in project.rglob("*") if p.is_file()}
+    for stage in STAGES:
+        run_stage(project, stage, HOME=str(home), TMPDIR=str(tmp), XDG_CACHE_HOME="", MPLCONFIGDIR="",
+                  KERAS_HOME="")
+    assert list(home.iterdir()) == [] and list(tmp.iterdir()) == []
+    written = {p.relative_to(project) for p in project.rglob("*") if p.is_file()} - {
+        p.relative_to(project) for p in before}
+    outside = [p for p in written if p.parts[0] not in ("data", "models", "metrics", "plots")
+               and "__pycache__" not in p.parts]
+    assert written and outside == []
