@@ -74,6 +74,7 @@ SCHEMA = {
         "label_smoothing": _number(0, 0.5),
         "class_weight": _choice("none", "balanced"),
         "precision": _choice("auto", "float32", "bfloat16"),
+        "deterministic": _boolean,
         "seed": _number(0, integer=True),
         "augment": {
             "rotation": _number(0, 180),

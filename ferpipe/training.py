@@ -65,6 +65,27 @@ def set_precision(precision: str) -> str:
     return precision
 
 
+def enable_determinism() -> None:
+    """Deterministic kernels for the active backend, so that a run repeats bit for bit on the same
+    machine (fit() sets the seeds). TensorFlow: op determinism; PyTorch: deterministic algorithms;
+    JAX: deterministic XLA GPU ops (read when JAX starts; JAX on CPU is deterministic anyway)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif backend == "jax":
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_gpu_deterministic_ops" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
+
+
 def make_optimizer(train: dict) -> keras.optimizers.Optimizer:
     lr, wd = train["lr"], train["weight_decay"] or None
     if train["optimizer"] == "sgd":
@@ -261,6 +282,8 @@ def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, res
     (`clear_resume_state`) once it has saved the model. history.history covers all epochs;
     history.resumed_after counts those done before the interruption (0 for a fresh run).
     """
+    if train["deterministic"]:
+        enable_determinism()
     keras.utils.set_random_seed(train["seed"])
     set_precision(train["precision"])
     (x_train, y_train), (x_val, y_val) = train_data, val_data

@@ -93,6 +93,16 @@ def test_fit_logs_the_learning_rate_and_restores_best_weights(changes):
         assert history.history["learning_rate"][0] == pytest.approx(training.lr_at_epoch(train, 0), rel=1e-4)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_deterministic_param_switches_on_deterministic_kernels(monkeypatch, deterministic):
+    calls = []
+    monkeypatch.setattr(training, "enable_determinism", lambda: calls.append(True))
+    images, labels = tiny_data()
+    training.fit(recipe(width=8, epochs=1, batch_size=16, deterministic=deterministic), (images, labels),
+                 tiny_data(14, 1), verbose=0)
+    assert calls == ([True] if deterministic else [])
+
+
 def test_time_budget_stops_after_the_epoch_that_exhausts_it():
     images, labels = tiny_data()
     train = recipe(width=8, epochs=50, batch_size=16)

@@ -44,6 +44,7 @@ def with_value(good, dotted, value):
         ("train.schedule", "step", "train.schedule"),
         ("train.class_weight", "auto", "train.class_weight"),
         ("train.precision", "float16", "train.precision"),
+        ("train.deterministic", "on", "train.deterministic: got 'on', expected true or false"),
         ("train.dropout", 1.5, "train.dropout"),
         ("train.label_smoothing", -0.1, "train.label_smoothing"),
         ("train.weight_decay", 1, "train.weight_decay"),

@@ -1,0 +1,47 @@
+"""train.deterministic: two runs with the same params and seed give identical results (tiny data)."""
+import json
+import subprocess
+import sys
+
+from conftest import run_stage, set_params, stage_env
+
+
+def test_deterministic_runs_give_identical_evaluate_json_and_model(project):
+    set_params(project, **{"train.deterministic": True, "train.epochs": 2})
+    run_stage(project, "prepare")
+    outputs = []
+    for _ in range(2):
+        run_stage(project, "train")
+        run_stage(project, "evaluate")
+        outputs.append(((project / "metrics/evaluate.json").read_text(),
+                        (project / "metrics/train/metrics.json").read_text()))
+    evaluate = json.loads(outputs[0][0])
+    assert 0 <= evaluate["accuracy"] <= 1
+    assert outputs[0][0] == outputs[1][0]
+    # the training curves match too (the summary's timing fields aside)
+    for name in ("best_epoch", "best_val_loss", "best_val_accuracy", "epochs_run"):
+        assert json.loads(outputs[0][1])[name] == json.loads(outputs[1][1])[name]
+
+
+def repeat(project, *args):
+    return subprocess.run([sys.executable, "-m", "ferpipe", "repeat", *args], cwd=project, env=stage_env(project),
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_repeat_reports_the_spread_of_fresh_runs(project):
+    run_stage(project, "prepare")
+    done = repeat(project, "--runs", "2", "--epochs", "1", "--train-images", "30", "--modes", "on",
+                  "--output", "runs.json")
+    assert done.returncode == 0, done.stderr
+    assert "deterministic on: test accuracy" in done.stdout
+    assert "1 distinct final weights in 2 runs" in done.stdout
+    runs = json.loads((project / "runs.json").read_text())["on"]
+    assert len(runs) == 2 and runs[0]["train_images"] == 30
+    assert runs[0]["test"] == runs[1]["test"]
+
+
+def test_repeat_rejects_bad_arguments_and_missing_data(project):
+    done = repeat(project, "--runs", "0")
+    assert done.returncode == 2 and "--runs must be at least 1" in done.stderr
+    done = repeat(project, "--runs", "1", "--modes", "off")
+    assert done.returncode != 0 and "run the prepare stage first" in done.stderr
