@@ -6,7 +6,9 @@ Each run is a fresh process, as `dvc repro` starts one: it trains with the train
 params.yaml (only `epochs`, `time_budget_minutes` and `deterministic` changed) on a fixed random
 subset of data/prepared's train split, then scores the val and test splits without TTA. The table
 gives each run's accuracies, training speed and a hash of its final weights; identical hashes mean
-bit-identical runs. Needs data/prepared (run `dvc repro prepare` first).
+bit-identical runs. All runs use the same seed (train.seed), so the spread comes from the machine
+and backend (kernel scheduling, thread counts), not from seed-to-seed variance. Needs data/prepared
+(run `dvc repro prepare` first).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ PREPARED_DIR = Path("data/prepared")
 
 def single_run(deterministic: bool, epochs: int, train_images: int) -> dict:
     """Train once in this process and return its figures."""
+    import ferpipe.stage  # noqa: F401  (first: library caches stay in the project, as in the stages)
     import keras
     import numpy as np
 
@@ -39,8 +42,9 @@ def single_run(deterministic: bool, epochs: int, train_images: int) -> dict:
     pick = np.sort(np.random.default_rng(0).permutation(len(x_train))[:train_images])
     x_train, y_train = x_train[pick], y_train[pick]
     start = time.perf_counter()
-    model, _ = fit(train, (x_train, y_train), data.split("val")[:2], verbose=0)
+    model, history = fit(train, (x_train, y_train), data.split("val")[:2], verbose=0)
     seconds = time.perf_counter() - start
+    epochs_run = len(history.history["loss"])  # early stopping may end sooner
     scores = {}
     for split in ("val", "test"):
         x, y, _ = data.split(split)
@@ -52,8 +56,8 @@ def single_run(deterministic: bool, epochs: int, train_images: int) -> dict:
         digest.update(np.ascontiguousarray(weights).tobytes())
     return {"deterministic": deterministic, "backend": keras.backend.backend(),
             "precision": resolve_precision(train["precision"]), "cpu": cpu_name(),
-            "train_images": len(x_train), "epochs": epochs, "train_seconds": round(seconds, 1),
-            "train_images_per_second": round(len(x_train) * epochs / seconds, 1),
+            "train_images": len(x_train), "epochs": epochs_run, "train_seconds": round(seconds, 1),
+            "train_images_per_second": round(len(x_train) * epochs_run / seconds, 1),
             "weights_sha256": digest.hexdigest(), **scores}
 
 
@@ -72,6 +76,8 @@ def spread_line(mode: str, runs: list[dict]) -> str:
     test = [run["test"]["accuracy"] for run in runs]
     speed = sum(run["train_images_per_second"] for run in runs) / len(runs)
     hashes = len({run["weights_sha256"] for run in runs})
+    if len(runs) < 2:
+        return f"deterministic {mode}: one run (test accuracy {test[0]:.4f}, {speed:.0f} training images/s); spread n/a"
     return (f"deterministic {mode}: test accuracy {min(test):.4f}..{max(test):.4f} (spread {max(test) - min(test):.4f}), "
             f"{hashes} distinct final weights in {len(runs)} runs, {speed:.0f} training images/s on average")
 
@@ -102,21 +108,21 @@ def main(argv=None):
         return 0
 
     results = {}
-    for mode in args.modes:
+    for mode in dict.fromkeys(args.modes):  # each mode once, in the order given
         results[mode] = []
         for number in range(1, args.runs + 1):
             run = run_in_fresh_process(mode == "on", args.epochs, args.train_images)
             results[mode].append(run)
+            if args.output:  # after every run: a failure later loses nothing
+                args.output.write_text(json.dumps(results, indent=2) + "\n")
             print(f"deterministic {mode:<3} run {number}: test acc {run['test']['accuracy']:.4f} "
                   f"loss {run['test']['loss']:.4f}, val acc {run['val']['accuracy']:.4f}, "
                   f"{run['train_images_per_second']:.0f} img/s, weights {run['weights_sha256'][:12]}", flush=True)
     first = next(iter(results.values()))[0]
-    print(f"\n{args.epochs} epochs on {first['train_images']} train images, backend {first['backend']}, "
-          f"precision {first['precision']}, CPU {first['cpu']}")
+    print(f"\nup to {args.epochs} epochs on {first['train_images']} train images, same seed in every run, "
+          f"backend {first['backend']}, precision {first['precision']}, CPU {first['cpu']}")
     for mode, runs in results.items():
         print(spread_line(mode, runs))
-    if args.output:
-        args.output.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

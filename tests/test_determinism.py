@@ -45,3 +45,12 @@ def test_repeat_rejects_bad_arguments_and_missing_data(project):
     assert done.returncode == 2 and "--runs must be at least 1" in done.stderr
     done = repeat(project, "--runs", "1", "--modes", "off")
     assert done.returncode != 0 and "run the prepare stage first" in done.stderr
+
+
+def test_repeat_claims_no_spread_from_a_single_run():
+    from ferpipe.repeat import spread_line
+
+    run = {"test": {"accuracy": 0.5}, "train_images_per_second": 100.0, "weights_sha256": "ab"}
+    assert "spread n/a" in spread_line("off", [run])
+    line = spread_line("off", [run, run | {"test": {"accuracy": 0.52}, "weights_sha256": "cd"}])
+    assert "spread 0.0200" in line and "2 distinct final weights in 2 runs" in line
