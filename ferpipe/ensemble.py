@@ -24,15 +24,12 @@ MAX_MODELS = 8  # 247 combinations
 
 
 def scores(labels, probs, subsets=None) -> dict:
-    from ferpipe.evaluation import summarize
+    from ferpipe.evaluation import subset_scores, summarize
 
     summary = summarize(labels, probs)
     result = {key: summary[key] for key in ("accuracy", "loss", "macro_f1")}
     if subsets is not None:
-        for subset, key in (("PublicTest", "public_test"), ("PrivateTest", "private_test")):
-            rows = subsets == subset
-            if rows.any():
-                result[key] = summarize(labels[rows], probs[rows])["accuracy"]
+        result |= {name: part["accuracy"] for name, part in subset_scores(labels, probs, subsets).items()}
     return result
 
 

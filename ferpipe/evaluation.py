@@ -84,3 +84,18 @@ def summarize(y_true: np.ndarray, probs: np.ndarray) -> dict:
             for i, name in enumerate(CLASS_NAMES)
         },
     }
+
+
+TEST_SUBSETS = (("PublicTest", "public_test"), ("PrivateTest", "private_test"))
+
+
+def subset_scores(y_true: np.ndarray, probs: np.ndarray, subsets: np.ndarray,
+                  keys=("accuracy", "loss", "macro_f1", "images")) -> dict:
+    """{'public_test': {...}, 'private_test': {...}}: `keys` of summarize() on each Kaggle test subset present."""
+    scores = {}
+    for subset, name in TEST_SUBSETS:
+        rows = subsets == subset
+        if rows.any():
+            part = summarize(y_true[rows], probs[rows])
+            scores[name] = {key: part[key] for key in keys}
+    return scores

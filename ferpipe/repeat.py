@@ -32,24 +32,24 @@ def single_run(deterministic: bool, epochs: int, train_images: int) -> dict:
 
     from ferpipe import params
     from ferpipe.data import PreparedData
-    from ferpipe.evaluation import summarize
-    from ferpipe.training import as_model_input, cpu_name, fit, resolve_precision
+    from ferpipe.evaluation import predict_probabilities, summarize
+    from ferpipe.training import cpu_name, fit, resolve_precision
 
     train = params.load()["train"]
     train.update(epochs=epochs, time_budget_minutes=0, deterministic=deterministic)
     data = PreparedData(PREPARED_DIR)
-    x_train, y_train, _ = data.split("train")
+    splits = {name: data.split(name)[:2] for name in ("train", "val", "test")}
+    x_train, y_train = splits["train"]
     pick = np.sort(np.random.default_rng(0).permutation(len(x_train))[:train_images])
     x_train, y_train = x_train[pick], y_train[pick]
     start = time.perf_counter()
-    model, history = fit(train, (x_train, y_train), data.split("val")[:2], verbose=0)
+    model, history = fit(train, (x_train, y_train), splits["val"], verbose=0)
     seconds = time.perf_counter() - start
     epochs_run = len(history.history["loss"])  # early stopping may end sooner
     scores = {}
     for split in ("val", "test"):
-        x, y, _ = data.split(split)
-        probs = model.predict(as_model_input(x), batch_size=256, verbose=0)
-        summary = summarize(y, probs)
+        x, y = splits[split]
+        summary = summarize(y, predict_probabilities(model, x, "none", batch_size=256))
         scores[split] = {"accuracy": summary["accuracy"], "loss": summary["loss"]}
     digest = hashlib.sha256()
     for weights in model.get_weights():

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ferpipe import CLASS_NAMES, TTA_MODES, FerError, params
 from ferpipe.data import PreparedData, test_subset
-from ferpipe.evaluation import probabilities_by_tta, summarize
+from ferpipe.evaluation import probabilities_by_tta, subset_scores, summarize
 
 PREPARED_DIR = Path("data/prepared")
 MODEL_FILE = Path("models/model.keras")
@@ -42,11 +42,7 @@ def main():
     overall = summarize(y_test, probs)
     subsets = np.array([test_subset(p) for p in paths])
     metrics = {key: overall[key] for key in ("accuracy", "loss", "macro_f1", "images")}
-    for subset, key in (("PublicTest", "public_test"), ("PrivateTest", "private_test")):
-        rows = subsets == subset
-        if rows.any():
-            part = summarize(y_test[rows], probs[rows])
-            metrics[key] = {k: part[k] for k in ("accuracy", "loss", "macro_f1", "images")}
+    metrics.update(subset_scores(y_test, probs, subsets))
     # The TTA mode is chosen on validation; the test figures of the other modes are for reference.
     metrics["tta"] = {"used": evaluate["tta"]}
     for split, labels, by_tta in (("validation", y_val, val_by_tta), ("test", y_test, test_by_tta)):
