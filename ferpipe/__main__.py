@@ -1,4 +1,4 @@
-"""Command line: `ferpipe predict|bench|repeat ...` (also as `python -m ferpipe ...`)."""
+"""Command line: `ferpipe predict|bench|ensemble|repeat ...` (also as `python -m ferpipe ...`)."""
 from __future__ import annotations
 
 import importlib
@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "predict": ("ferpipe.predict", "classify facial expressions in images, folders and videos"),
     "bench": ("ferpipe.bench", "training and inference throughput on this machine"),
+    "ensemble": ("ferpipe.ensemble", "score an ensemble of trained models on validation and test"),
     "repeat": ("ferpipe.repeat", "run-to-run spread of a short training, train.deterministic off and on"),
 }
 

@@ -1,0 +1,111 @@
+"""Score an ensemble of trained models (their probabilities averaged) on the validation and test splits.
+
+    ferpipe ensemble MODEL.keras MODEL.keras [...] [--tta flip_zoom] [--output FILE]
+
+Each model, and every combination of two or more of them, is scored on data/prepared's
+validation split; the combination with the best validation accuracy is the one chosen, and the
+test folder only reports what each did (accuracy, loss, macro-F1, PublicTest / PrivateTest).
+Models trained on other train/val splits than data/prepared's must not have seen its validation
+images (a model trained with `prepare.drop_defects` qualifies: its split is a subset of the default's).
+Needs data/prepared (run `dvc repro prepare` first).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+from ferpipe import TTA_MODES, FerError
+
+PREPARED_DIR = Path("data/prepared")
+MAX_MODELS = 8  # 247 combinations
+
+
+def scores(labels, probs, subsets=None) -> dict:
+    from ferpipe.evaluation import summarize
+
+    summary = summarize(labels, probs)
+    result = {key: summary[key] for key in ("accuracy", "loss", "macro_f1")}
+    if subsets is not None:
+        for subset, key in (("PublicTest", "public_test"), ("PrivateTest", "private_test")):
+            rows = subsets == subset
+            if rows.any():
+                result[key] = summarize(labels[rows], probs[rows])["accuracy"]
+    return result
+
+
+def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> dict:
+    """Scores of each model and of each combination; 'chosen' is the best on validation."""
+    import keras
+    import numpy as np
+
+    from ferpipe.data import PreparedData, test_subset
+    from ferpipe.evaluation import predict_probabilities
+
+    data = PreparedData(PREPARED_DIR)
+    x_val, y_val, _ = data.split("val")
+    x_test, y_test, paths = data.split("test")
+    if not len(x_val):
+        raise FerError("data/prepared has no validation split to choose the ensemble on (prepare.val_fraction)")
+    subsets = np.array([test_subset(p) for p in paths])
+    val_probs, test_probs = [], []
+    for path in model_files:
+        model = keras.saving.load_model(path)
+        print(f"predicting with {path} ({tta} TTA)", flush=True)
+        val_probs.append(predict_probabilities(model, x_val, tta, batch_size))
+        test_probs.append(predict_probabilities(model, x_test, tta, batch_size))
+        keras.backend.clear_session()
+    rows = []
+    for size in range(1, len(model_files) + 1):
+        for members in itertools.combinations(range(len(model_files)), size):
+            rows.append({
+                "models": [str(model_files[i]) for i in members],
+                "validation": scores(y_val, np.mean([val_probs[i] for i in members], axis=0)),
+                "test": scores(y_test, np.mean([test_probs[i] for i in members], axis=0), subsets),
+            })
+    # ties go to the smaller ensemble (listed first)
+    chosen = max(rows, key=lambda row: row["validation"]["accuracy"])
+    return {"tta": tta, "validation_images": int(len(y_val)), "test_images": int(len(y_test)),
+            "combinations": rows, "chosen": chosen}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="ferpipe ensemble", description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+", type=Path, help=".keras files (at least two)")
+    parser.add_argument("--tta", choices=TTA_MODES, default="flip_zoom", help="test-time augmentation (default flip_zoom)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--output", type=Path, help="also write every combination's scores as JSON here")
+    args = parser.parse_args(argv)
+    files = list(dict.fromkeys(args.models))
+    if len(files) < 2:
+        parser.error("give at least two different model files")
+    if len(files) > MAX_MODELS:
+        parser.error(f"at most {MAX_MODELS} models (every combination is scored), got {len(files)}")
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing:
+        parser.error("model file(s) not found: " + ", ".join(missing))
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        result = evaluate_ensembles(files, args.tta, args.batch_size)
+    except FerError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
+    print(f"\n{'models':<60} {'val acc':>8} {'test acc':>8} {'loss':>7} {'Private':>8} {'macro-F1':>8}")
+    for row in result["combinations"]:
+        names = " + ".join(row["models"])
+        test = row["test"]
+        print(f"{names[:60]:<60} {row['validation']['accuracy']:>8.4f} {test['accuracy']:>8.4f} "
+              f"{test['loss']:>7.4f} {test.get('private_test', float('nan')):>8.4f} {test['macro_f1']:>8.4f}")
+    chosen = result["chosen"]
+    print(f"\nchosen on validation: {' + '.join(chosen['models'])}: val accuracy "
+          f"{chosen['validation']['accuracy']:.4f}, test accuracy {chosen['test']['accuracy']:.4f}")
+    if args.output:
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""ferpipe ensemble: averaged probabilities of several models, the combination chosen on validation."""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import run_stage
+from ferpipe import ensemble
+from ferpipe.data import PreparedData
+from ferpipe.evaluation import predict_probabilities, summarize
+from ferpipe.model import build_model
+from test_model_and_training import recipe
+
+
+@pytest.fixture
+def prepared_with_models(project, monkeypatch):
+    run_stage(project, "prepare")
+    monkeypatch.chdir(project)
+    files = []
+    for seed in range(3):
+        keras.utils.set_random_seed(seed)
+        path = project / f"model{seed}.keras"
+        build_model(recipe(width=8)).save(path)
+        files.append(path)
+    return project, files
+
+
+def test_every_combination_is_scored_and_the_best_on_validation_is_chosen(prepared_with_models, capsys):
+    project, files = prepared_with_models
+    assert ensemble.main([*map(str, files), "--tta", "flip", "--output", "scores.json"]) == 0
+    result = json.loads((project / "scores.json").read_text())
+    assert len(result["combinations"]) == 7  # 3 single models, 3 pairs, 1 triple
+    best = max(row["validation"]["accuracy"] for row in result["combinations"])
+    assert result["chosen"]["validation"]["accuracy"] == best
+    # the pair's figures are those of the averaged probabilities
+    x_val, y_val, _ = PreparedData("data/prepared").split("val")
+    mean = np.mean([predict_probabilities(keras.saving.load_model(f), x_val, "flip", 64) for f in files[:2]], axis=0)
+    pair = next(row for row in result["combinations"] if row["models"] == [str(files[0]), str(files[1])])
+    assert pair["validation"]["accuracy"] == pytest.approx(summarize(y_val, mean)["accuracy"])
+    assert pair["validation"]["loss"] == pytest.approx(summarize(y_val, mean)["loss"], rel=1e-5)
+    assert "private_test" in pair["test"] and "chosen on validation" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model0.keras"], "at least two different model files"),
+    (["model0.keras", "model0.keras"], "at least two different model files"),
+    (["model0.keras", "nowhere.keras"], "not found: nowhere.keras"),
+    (["model0.keras", "model1.keras", "--tta", "tencrop"], "invalid choice"),
+])
+def test_bad_arguments_are_refused(prepared_with_models, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        ensemble.main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_prepared_data_is_reported(prepared_with_models, capsys):
+    project, files = prepared_with_models
+    (project / "data/prepared/index.csv").unlink()
+    assert ensemble.main([str(f) for f in files[:2]]) == 2
+    assert "run the prepare stage first" in capsys.readouterr().err
