@@ -57,14 +57,20 @@ class DecodeReport:
     resized: list[str] = field(default_factory=list)
 
 
-def to_model_input(image: np.ndarray) -> tuple[np.ndarray, bool, bool]:
-    """Any decoded image -> 48x48 uint8 grayscale; also says whether it was colour / resized."""
-    colour = image.ndim == 3 and image.shape[2] > 1
+def grayscale(image: np.ndarray) -> np.ndarray:
+    """A decoded image of any kind (grey, BGR, BGRA, 16-bit) as 8-bit grayscale at its own size."""
     if image.ndim == 3:
         code = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}.get(image.shape[2])
         image = cv2.cvtColor(image, code) if code is not None else image[:, :, 0]
     if image.dtype != np.uint8:  # 16-bit PNGs and the like
         image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    return image
+
+
+def to_model_input(image: np.ndarray) -> tuple[np.ndarray, bool, bool]:
+    """Any decoded image -> 48x48 uint8 grayscale; also says whether it was colour / resized."""
+    colour = image.ndim == 3 and image.shape[2] > 1
+    image = grayscale(image)
     resized = image.shape != (IMAGE_SIZE, IMAGE_SIZE)
     if resized:
         image = cv2.resize(image, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)

@@ -26,18 +26,6 @@ class FaceDetector:
         return sorted((tuple(int(v) for v in box) for box in boxes), key=lambda b: -b[2] * b[3])
 
 
-def grayscale(image: np.ndarray) -> np.ndarray:
-    """A decoded image of any kind as 8-bit grayscale at its own size (as data.to_model_input, without resizing)."""
-    # TODO(next train-stage change): let data.to_model_input call this instead of repeating the conversion;
-    # editing data.py now would invalidate the committed train stage in dvc.lock.
-    if image.ndim == 3:
-        code = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}.get(image.shape[2])
-        image = cv2.cvtColor(image, code) if code is not None else image[:, :, 0]
-    if image.dtype != np.uint8:
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    return image
-
-
 def is_fer_crop(image: np.ndarray) -> bool:
     """A 48x48 grayscale picture (also stored as equal colour channels) is taken to be an FER-style face crop."""
     if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):

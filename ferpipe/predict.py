@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 
 from ferpipe import CLASS_NAMES, TTA_MODES, FerError
-from ferpipe.data import decode
+from ferpipe.data import decode, grayscale
 from ferpipe.evaluation import predict_probabilities
-from ferpipe.faces import FaceDetector, crop_face, grayscale, is_fer_crop
+from ferpipe.faces import FaceDetector, crop_face, is_fer_crop
 from ferpipe.inference import load_classifier
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".gif"}

@@ -182,8 +182,10 @@ class Checkpoint(keras.callbacks.Callback):
         super().__init__()
         self.directory, self.fingerprint = Path(directory), fingerprint
         self.schedule, self.stop, self.budget = schedule, stop, budget
+        self.saved_model, self.saved_best = None, None  # read by _load() from a usable state
         self.state = self._load()
         self.epochs_done_at_start = self.epochs_done
+        self.seconds_at_start = self.state["seconds"] if self.state else 0.0
         self.logs = {k: list(v) for k, v in self.state["logs"].items()} if self.state else {}
 
     @property
@@ -196,14 +198,22 @@ class Checkpoint(keras.callbacks.Callback):
         except (OSError, ValueError):
             return None
         if state.get("fingerprint") != self.fingerprint:
-            print(f"ignoring the interrupted run's state in {self.directory}: params or data have changed since",
-                  flush=True)
+            print(f"ignoring the interrupted run's state in {self.directory}: params, data or code have changed "
+                  "since", flush=True)
+            self.clear()
+            return None
+        try:
+            self.saved_model = keras.saving.load_model(self.directory / state["model_file"])
+            self.saved_best = self._read_best_weights(state)
+        except Exception as err:  # a truncated file (full disk, power cut), a file from elsewhere
+            print(f"ignoring the interrupted run's state in {self.directory}: it cannot be read "
+                  f"({type(err).__name__}: {err}); starting afresh", flush=True)
             self.clear()
             return None
         return state
 
     def resumed_model(self) -> keras.Model:
-        return keras.saving.load_model(self.directory / self.state["model_file"])
+        return self.saved_model
 
     def past_epochs(self):
         """(epoch, logs) of the epochs done before the interruption."""
@@ -217,11 +227,14 @@ class Checkpoint(keras.callbacks.Callback):
             self.schedule.wait, self.schedule.best, self.schedule.cooldown_counter = self.state["plateau"]
         stop = self.state["early_stopping"]
         self.stop.wait, self.stop.best, self.stop.best_epoch = stop["wait"], stop["best"], stop["best_epoch"]
-        self.stop.best_weights = self.best_weights()
+        self.stop.best_weights = self.saved_best
         self.budget.start -= self.state["seconds"]
 
     def best_weights(self) -> list[np.ndarray] | None:
-        name = self.state["early_stopping"]["weights_file"]
+        return self.saved_best
+
+    def _read_best_weights(self, state) -> list[np.ndarray] | None:
+        name = state["early_stopping"]["weights_file"]
         if not name:
             return None
         with np.load(self.directory / name) as weights:
@@ -234,9 +247,11 @@ class Checkpoint(keras.callbacks.Callback):
         done = epoch + 1
         model_file, weights_file = f"model-{done}.keras", None
         self.model.save(self.directory / model_file)
+        _sync(self.directory / model_file)
         if self.stop.best_weights is not None:
             weights_file = f"best-{done}.npz"
             np.savez(self.directory / weights_file, *self.stop.best_weights)
+            _sync(self.directory / weights_file)
         state = {
             "fingerprint": self.fingerprint,
             "epochs_done": done,
@@ -251,7 +266,9 @@ class Checkpoint(keras.callbacks.Callback):
         }
         partial = self.directory / "state.json.partial"
         partial.write_text(json.dumps(state))
+        _sync(partial)  # the files on disk before the state that names them
         os.replace(partial, self.directory / "state.json")
+        _sync(self.directory)
         self.state = state
         for old in self.directory.iterdir():
             if old.name not in ("state.json", model_file, weights_file):
@@ -261,13 +278,28 @@ class Checkpoint(keras.callbacks.Callback):
         clear_resume_state(self.directory)
 
 
+def _sync(path: Path):
+    """Flush a file's (or a folder's) data to disk, so that a power cut cannot leave it half written."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def _number(value):
     return None if value is None else float(value)
 
 
+CODE_FILES = (Path(__file__), Path(__file__).with_name("model.py"))
+
+
 def fingerprint(train: dict, *arrays: np.ndarray) -> str:
-    """What must not change between an interrupted run and its resumption: params, data and backend."""
-    digest = hashlib.sha256(json.dumps([train, keras.backend.backend()], sort_keys=True).encode())
+    """What must not change between an interrupted run and its resumption: params, data, the model
+    and training code, Keras and its backend."""
+    digest = hashlib.sha256(json.dumps([train, keras.backend.backend(), keras.__version__], sort_keys=True).encode())
+    for path in CODE_FILES:
+        digest.update(path.read_bytes())
     for array in arrays:
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
@@ -321,6 +353,7 @@ def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, res
             verbose=verbose,
         )
     history.resumed_after = checkpoint.epochs_done_at_start if checkpoint else 0
+    history.seconds_before_resuming = checkpoint.seconds_at_start if checkpoint else 0.0
     if checkpoint is not None:
         history.history = checkpoint.logs
     return model, history

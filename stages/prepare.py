@@ -59,7 +59,8 @@ def main():
         if not (of_class & (index["split"] == "train")).any():
             held_out = int((of_class & (index["split"] == "val")).sum())
             if not held_out:
-                raise data.DataLayoutError(f"no decodable training image of class '{label}' is left")
+                why = " after prepare.drop_defects (set it to false)" if dropped else ""
+                raise data.DataLayoutError(f"no decodable training image of class '{label}' is left{why}")
             raise data.DataLayoutError(
                 f"all {held_out} training image(s) of class '{label}' went to validation with "
                 f"prepare.val_fraction={prepare['val_fraction']}; lower val_fraction or add images of '{label}'")

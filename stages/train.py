@@ -17,7 +17,7 @@ from dvclive.utils import standardize_metric_name
 
 from ferpipe import params
 from ferpipe.data import PreparedData
-from ferpipe.training import clear_resume_state, cpu_name, fit, inference_model, resolve_precision
+from ferpipe.training import clear_resume_state, cpu_name, enable_determinism, fit, inference_model, resolve_precision
 
 PREPARED_DIR = Path("data/prepared")
 LIVE_DIR = Path("metrics/train")
@@ -40,6 +40,8 @@ class LiveLogger(keras.callbacks.Callback):
 
 def main():
     train = params.load()["train"]
+    if train["deterministic"]:
+        enable_determinism()  # before anything starts the backend (JAX reads its XLA flags then)
     data = PreparedData(PREPARED_DIR)
     x_train, y_train, _ = data.split("train")
     x_val, y_val, _ = data.split("val")
@@ -62,6 +64,7 @@ def main():
             "epochs_run": len(val_loss),
             "resumed_after_epoch": history.resumed_after,
             "train_minutes": round(seconds / 60, 1),  # of this process, when resumed
+            "train_minutes_total": round((seconds + history.seconds_before_resuming) / 60, 1),
             "train_images_per_second": round(len(x_train) * epochs_here / seconds, 1) if epochs_here else None,
         })
     MODEL_FILE.parent.mkdir(parents=True, exist_ok=True)

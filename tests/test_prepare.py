@@ -200,3 +200,12 @@ def test_drop_defects_leaves_them_out_of_train_and_val_but_keeps_test_whole(proj
     assert not index["path"].isin(expected).any() and len(index) == len(kept_index) - 4 == len(images)
     assert stats["test"] == kept_stats["test"]                      # test folder untouched
     assert (project / "metrics/data_quality.json").read_text() == quality  # report covers every image
+
+
+def test_drop_defects_that_empties_a_class_says_so(project, fer_tree):
+    for image in (fer_tree / "train" / "disgust").iterdir():  # every disgust training image is blank
+        cv2.imwrite(str(image), np.full((48, 48), 128, np.uint8))
+    set_params(project, **{"prepare.drop_defects": True})
+    result = run_stage(project, "prepare", check=False)
+    assert result.returncode == 2
+    assert "no decodable training image of class 'disgust' is left after prepare.drop_defects" in result.stderr

@@ -6,6 +6,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 import pytest
 
 from conftest import set_params, stage_env
@@ -82,16 +83,54 @@ def test_resumed_schedule_and_early_stopping_keep_their_counters(tmp_path):
     assert state["seconds"] > 0 and before - state["seconds"] <= budget.start <= after - state["seconds"]
 
 
-def test_state_from_other_params_is_ignored_with_a_message(tmp_path, capsys):
+@pytest.mark.parametrize("change", ["params", "code"])
+def test_state_from_other_params_or_code_is_ignored_with_a_message(tmp_path, capsys, monkeypatch, change):
+    code = tmp_path / "model.py"
+    code.write_text("version 1")
+    monkeypatch.setattr(training, "CODE_FILES", (code,))
     images, labels = tiny_data()
     train = recipe(width=8, epochs=3, batch_size=16)
     with pytest.raises(KeyboardInterrupt):
         training.fit(train, (images, labels), tiny_data(14, 1), verbose=0, resume_dir=tmp_path / "resume",
                      extra_callbacks=[InterruptAfter(1)])
-    train["lr"] = 0.002
+    if change == "params":
+        train["lr"] = 0.002
+    else:
+        code.write_text("version 2")
     _, history = training.fit(train, (images, labels), tiny_data(14, 1), verbose=0, resume_dir=tmp_path / "resume")
     assert history.resumed_after == 0 and len(history.history["loss"]) == 3
-    assert "params or data have changed" in capsys.readouterr().out
+    assert "params, data or code have changed" in capsys.readouterr().out
+
+
+def test_an_unreadable_state_is_dropped_and_training_starts_afresh(tmp_path, capsys):
+    images, labels = tiny_data()
+    train = recipe(width=8, epochs=3, batch_size=16)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(train, (images, labels), tiny_data(14, 1), verbose=0, resume_dir=tmp_path / "resume",
+                     extra_callbacks=[InterruptAfter(1)])
+    state = json.loads((tmp_path / "resume/state.json").read_text())
+    saved = tmp_path / "resume" / state["model_file"]
+    saved.write_bytes(saved.read_bytes()[:200])  # as a full disk or a power cut could leave it
+    _, history = training.fit(train, (images, labels), tiny_data(14, 1), verbose=0, resume_dir=tmp_path / "resume")
+    assert history.resumed_after == 0 and len(history.history["loss"]) == 3
+    assert "cannot be read" in capsys.readouterr().out
+
+
+def test_a_run_interrupted_after_its_last_epoch_ends_with_the_best_weights(tmp_path):
+    images, labels = tiny_data()
+    train = recipe(width=8, epochs=2, batch_size=16, early_stopping_patience=10)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(train, (images, labels), tiny_data(14, 1), verbose=0, resume_dir=tmp_path / "resume",
+                     extra_callbacks=[InterruptAfter(2)])
+    state = json.loads((tmp_path / "resume/state.json").read_text())
+    assert state["epochs_done"] == 2
+    with np.load(tmp_path / "resume" / state["early_stopping"]["weights_file"]) as saved:
+        best = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    model, history = training.fit(train, (images, labels), tiny_data(14, 1), verbose=0,
+                                  resume_dir=tmp_path / "resume")
+    assert history.resumed_after == 2 and len(history.history["loss"]) == 2
+    for got, want in zip(model.get_weights(), best, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 KILL_AFTER_EPOCH = """
