@@ -119,10 +119,13 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> np.n
     return is_val
 
 
+TEST_SUBSETS = ("PublicTest", "PrivateTest")  # the Kaggle test split's two halves, named in its file names
+
+
 def test_subset(path: str) -> str:
     """'PublicTest' or 'PrivateTest' from a FER-2013 test file name ('other' if neither)."""
     name = Path(path).name
-    for subset in ("PublicTest", "PrivateTest"):
+    for subset in TEST_SUBSETS:
         if name.startswith(subset):
             return subset
     return "other"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ferpipe import CLASS_NAMES, TTA_MODES
+from ferpipe.data import TEST_SUBSETS
 
 # flip_zoom's scales, chosen on the validation split (README, "Test-time augmentation").
 ZOOM_OUT, ZOOM_IN = 0.9, 1.1
@@ -86,14 +87,12 @@ def summarize(y_true: np.ndarray, probs: np.ndarray) -> dict:
     }
 
 
-TEST_SUBSETS = (("PublicTest", "public_test"), ("PrivateTest", "private_test"))
-
-
 def subset_scores(y_true: np.ndarray, probs: np.ndarray, subsets: np.ndarray,
                   keys=("accuracy", "loss", "macro_f1", "images")) -> dict:
     """{'public_test': {...}, 'private_test': {...}}: `keys` of summarize() on each Kaggle test subset present."""
     scores = {}
-    for subset, name in TEST_SUBSETS:
+    for subset in TEST_SUBSETS:
+        name = subset.replace("Test", "_test").lower()  # PublicTest -> public_test
         rows = subsets == subset
         if rows.any():
             part = summarize(y_true[rows], probs[rows])
