@@ -2,8 +2,10 @@
 
 CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 IMAGE_SIZE = 48
-# Test-time augmentation: none, the mirror image, or mirror x zoom 0.9/1.0/1.1 (6 views).
-TTA_MODES = ("none", "flip", "flip_zoom")
+CROP_SIZE = 44  # train.augment.crop: random 44x44 crops in training, the centre one at inference
+# Test-time augmentation: none, the mirror image, mirror x zoom 0.9/1.0/1.1 (6 views), or the
+# centre and four corner 44x44 crops and their mirrors (10 views).
+TTA_MODES = ("none", "flip", "flip_zoom", "ten_crop")
 
 
 class FerError(Exception):

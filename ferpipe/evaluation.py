@@ -3,29 +3,43 @@ from __future__ import annotations
 
 import numpy as np
 
-from ferpipe import CLASS_NAMES, TTA_MODES
+from ferpipe import CLASS_NAMES, CROP_SIZE, IMAGE_SIZE, TTA_MODES
 from ferpipe.data import TEST_SUBSETS
 
 # flip_zoom's scales, chosen on the validation split (README, "Test-time augmentation").
 ZOOM_OUT, ZOOM_IN = 0.9, 1.1
+# ten_crop's shift: a corner CROP_SIZE crop moved into the centre crop that a crop-trained model sees.
+CROP_SHIFT = (IMAGE_SIZE - CROP_SIZE) // 2
 
 
 def zoomed(images: np.ndarray, scale: float) -> np.ndarray:
     """(n, 48, 48) images scaled about their centre (>1 zooms in), edges replicated as in training."""
+    return _warped(images, scale, 0, 0)
+
+
+def shifted(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """(n, 48, 48) images moved dx pixels right and dy down, edges replicated."""
+    return _warped(images, 1.0, dx, dy)
+
+
+def _warped(images, scale, dx, dy):
     import cv2
 
     size = images.shape[-1]
     centre = (size - 1) / 2
     matrix = cv2.getRotationMatrix2D((centre, centre), 0, scale)
+    matrix[:, 2] += (dx, dy)
     return np.stack([cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_REPLICATE) for image in images])
 
 
-# Each mode's views as (zoom scale, mirrored); their probabilities are averaged.
+# Each mode's views as (zoom scale, shift right, shift down, mirrored); their probabilities are averaged.
+_CORNERS = [(dx, dy) for dx in (-CROP_SHIFT, CROP_SHIFT) for dy in (-CROP_SHIFT, CROP_SHIFT)]
 TTA_VIEWS = {
-    "none": [(1.0, False)],
-    "flip": [(1.0, False), (1.0, True)],
-    "flip_zoom": [(scale, mirrored) for mirrored in (False, True) for scale in (1.0, ZOOM_OUT, ZOOM_IN)],
+    "none": [(1.0, 0, 0, False)],
+    "flip": [(1.0, 0, 0, False), (1.0, 0, 0, True)],
+    "flip_zoom": [(scale, 0, 0, mirrored) for mirrored in (False, True) for scale in (1.0, ZOOM_OUT, ZOOM_IN)],
+    "ten_crop": [(1.0, dx, dy, mirrored) for mirrored in (False, True) for dx, dy in [(0, 0), *_CORNERS]],
 }
 assert set(TTA_VIEWS) == set(TTA_MODES)
 
@@ -37,8 +51,8 @@ def probabilities_by_tta(model, images: np.ndarray, batch_size: int, modes=TTA_M
         raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {unknown[0]!r}")
     predicted = {}
     for view in dict.fromkeys(v for mode in modes for v in TTA_VIEWS[mode]):
-        scale, mirrored = view
-        x = images if scale == 1.0 or len(images) == 0 else zoomed(images, scale)
+        scale, dx, dy, mirrored = view
+        x = images if (scale, dx, dy) == (1.0, 0, 0) or len(images) == 0 else _warped(images, scale, dx, dy)
         x = x[:, :, ::-1] if mirrored else x
         predicted[view] = np.asarray(model.predict(x.astype("float32")[..., None], batch_size=batch_size,
                                                    verbose=0), dtype="float64")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from ferpipe import CLASS_NAMES, IMAGE_SIZE
+from ferpipe import CLASS_NAMES, CROP_SIZE, IMAGE_SIZE
 
 MODELS = ("seed", "compact", "vgg")
 
@@ -25,6 +25,11 @@ def augmentation(augment: dict) -> list[layers.Layer]:
         steps.append(layers.RandomTranslation(t, t, fill_mode="nearest", **f32))
     if augment["erasing"]:
         steps.append(layers.RandomErasing(factor=augment["erasing"], value_range=(0, 1), **f32))
+    if augment["crop"]:
+        # A random CROP_SIZE crop = a whole-pixel shift of up to the margin, then the centre crop
+        # (build_model's Cropping2D, which acts at inference too; Keras' RandomCrop skips inference).
+        margin = (IMAGE_SIZE - CROP_SIZE) / 2 / IMAGE_SIZE
+        steps.append(layers.RandomTranslation(margin, margin, fill_mode="nearest", interpolation="nearest", **f32))
     return steps
 
 
@@ -71,6 +76,10 @@ def build_model(train: dict) -> keras.Model:
     x = layers.Rescaling(1 / 255.0, dtype="float32")(inputs)
     for layer in augmentation(train["augment"]):
         x = layer(x)
+    if train["augment"]["crop"]:
+        # Cropping2D, not CenterCrop: after Keras 3.15's CenterCrop, BatchNormalization exported to
+        # ONNX normalises with batch statistics (measured: probabilities off by 0.02).
+        x = layers.Cropping2D((IMAGE_SIZE - CROP_SIZE) // 2, dtype="float32")(x)
     name, width, dropout = train["model"], train["width"], train["dropout"]
     if name == "seed":
         x = _seed_body(x, width, dropout)

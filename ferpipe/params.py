@@ -82,6 +82,7 @@ SCHEMA = {
             "flip": _boolean,
             "translate": _number(0, 0.5),
             "erasing": _number(0, 1),
+            "crop": _boolean,
         },
     },
     "evaluate": {

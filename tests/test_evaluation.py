@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from ferpipe import TTA_MODES
-from ferpipe.evaluation import (confusion_matrix, predict_probabilities, probabilities_by_tta, summarize,
+from ferpipe import CROP_SIZE
+from ferpipe.evaluation import (confusion_matrix, predict_probabilities, probabilities_by_tta, shifted, summarize,
                                 zoomed)
 
 
@@ -76,7 +77,7 @@ def test_flip_zoom_averages_six_views_and_all_modes_share_predictions():
     model = CountingModel()
     by_tta = probabilities_by_tta(model, images, batch_size=8)
     assert set(by_tta) == set(TTA_MODES)
-    assert model.calls == 6                           # plain, zoom 0.9, zoom 1.1 and their mirrors
+    assert model.calls == 14                          # plain, zoom 0.9, zoom 1.1, 4 shifts and their mirrors
     views = [images, zoomed(images, 0.9), zoomed(images, 1.1)]
     expected = np.mean([view.mean(axis=(1, 2)) / 255 for view in views], axis=0)
     assert by_tta["flip_zoom"][:, 0] == pytest.approx(expected)
@@ -89,5 +90,46 @@ def test_tta_on_no_images_returns_an_empty_array():
 
 
 def test_an_unknown_tta_mode_names_the_allowed_ones():
-    with pytest.raises(ValueError, match="none, flip, flip_zoom.*'ten_crop'"):
-        predict_probabilities(CountingModel(), np.zeros((1, 48, 48), np.uint8), "ten_crop", 8)
+    with pytest.raises(ValueError, match="none, flip, flip_zoom, ten_crop.*'five_crop'"):
+        predict_probabilities(CountingModel(), np.zeros((1, 48, 48), np.uint8), "five_crop", 8)
+
+
+def test_shift_moves_pixels_and_replicates_the_edge():
+    image = np.zeros((1, 48, 48), np.uint8)
+    image[0, 10, 20] = 255
+    moved = shifted(image, 2, -2)                     # 2 right, 2 up
+    assert moved[0, 8, 22] == 255 and moved.sum() == 255
+    edge = np.zeros((1, 48, 48), np.uint8)
+    edge[0, :, 0] = 90                                # left column
+    assert (shifted(edge, 2, 0)[0, :, :3] == 90).all()
+
+
+def test_ten_crop_shows_a_crop_trained_model_each_corner_crop_and_its_mirror():
+    """A model that sees only the centre CROP_SIZE window gets, through the shifted views, each corner crop."""
+    margin = (48 - CROP_SIZE) // 2
+
+    class CentreCropBrightness:
+        def __init__(self):
+            self.windows = []
+
+        def predict(self, x, batch_size, verbose):
+            window = x[:, margin:margin + CROP_SIZE, margin:margin + CROP_SIZE, 0]
+            self.windows.append(window[0].copy())
+            probs = np.zeros((len(x), 7))
+            probs[:, 0] = window.mean(axis=(1, 2)) / 255
+            probs[:, 6] = 1 - probs[:, 0]
+            return probs
+
+    image = np.random.default_rng(0).integers(0, 256, (1, 48, 48)).astype(np.uint8)
+    model = CentreCropBrightness()
+    probs = predict_probabilities(model, image, "ten_crop", 8)
+    assert len(model.windows) == 10
+    corners = [image[0, r:r + CROP_SIZE, c:c + CROP_SIZE] for r in (0, 2 * margin) for c in (0, 2 * margin)]
+    centre = image[0, margin:margin + CROP_SIZE, margin:margin + CROP_SIZE]
+    crops = [centre, *corners]
+    seen = model.windows
+    for crop in crops:
+        assert any(np.array_equal(crop, w) for w in seen)
+        assert any(np.array_equal(crop[:, ::-1], w) for w in seen)
+    expected = np.mean([c.mean() for c in crops] + [c[:, ::-1].mean() for c in crops]) / 255
+    assert probs[0, 0] == pytest.approx(expected)

@@ -8,7 +8,7 @@ from ferpipe.export import export_onnx, inference_graph, parity
 from ferpipe.inference import OnnxModel, load_classifier
 from ferpipe.model import build_model
 
-AUGMENT = {"rotation": 20, "zoom": 0.2, "flip": True, "translate": 0.1, "erasing": 0.3}
+AUGMENT = {"rotation": 20, "zoom": 0.2, "flip": True, "translate": 0.1, "erasing": 0.3, "crop": True}
 
 
 def tiny_model(policy):

@@ -42,6 +42,29 @@ def test_augmentation_only_acts_on_training_batches():
         assert layer in names
 
 
+def test_crop_takes_random_crops_in_training_and_the_centre_crop_at_inference():
+    from ferpipe import CROP_SIZE
+
+    model = build_model(recipe(width=8, augment={"rotation": 0, "zoom": 0, "flip": False, "crop": True}))
+    crop = next(layer for layer in model.layers if layer.__class__.__name__ == "Cropping2D")
+    assert crop.output.shape[1:3] == (CROP_SIZE, CROP_SIZE)
+    to_crop = keras.Model(model.input, crop.output)
+    x = np.random.default_rng(0).integers(0, 256, (1, 48, 48, 1)).astype("float32")
+    m = (48 - CROP_SIZE) // 2
+    centre = x[0, m:m + CROP_SIZE, m:m + CROP_SIZE, 0] / 255
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(to_crop(x, training=False))[0, ..., 0], centre, atol=1e-6)
+    # in training: whole-pixel crops from anywhere within the margin, so every output is one of the (2m+1)^2 crops
+    crops = {(r, c): x[0, r:r + CROP_SIZE, c:c + CROP_SIZE, 0] / 255 for r in range(2 * m + 1) for c in range(2 * m + 1)}
+    found = set()
+    for _ in range(40):
+        out = keras.ops.convert_to_numpy(to_crop(x, training=True))[0, ..., 0]
+        match = [k for k, crop_ in crops.items() if np.allclose(out, crop_, atol=1e-6)]
+        assert len(match) == 1
+        found.add(match[0])
+    assert len(found) > 5
+    assert model.predict(x, verbose=0).shape == (1, len(CLASS_NAMES))
+
+
 def test_augmentation_can_be_switched_off():
     model = build_model(recipe(width=8, augment={"rotation": 0, "zoom": 0, "flip": False, "translate": 0}))
     assert not [l for l in model.layers if l.__class__.__name__.startswith("Random")]

@@ -49,7 +49,7 @@ def test_repro_noop_visualize_only_and_experiment(repo, fer_tree):
     assert metrics["public_test"]["images"] == 7 and metrics["private_test"]["images"] == 7
     assert set(metrics["per_class"]) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
     tta = metrics["tta"]
-    assert set(tta["validation"]) == set(tta["test"]) == {"none", "flip", "flip_zoom"}
+    assert set(tta["validation"]) == set(tta["test"]) == {"none", "flip", "flip_zoom", "ten_crop"}
     assert tta["test"][tta["used"]]["accuracy"] == metrics["accuracy"]
     assert (repo / "plots/confusion.csv").read_text().startswith("actual,predicted\n")
     for png in ("training_curves", "train_samples", "prediction_grid", "confusion_matrix"):
