@@ -61,7 +61,7 @@ def test_an_interrupted_fit_goes_on_from_its_last_completed_epoch(tmp_path):
 def test_resumed_schedule_and_early_stopping_keep_their_counters(tmp_path):
     images, labels = tiny_data()
     val = tiny_data(14, 1)
-    train = recipe(width=8, epochs=4, batch_size=16, early_stopping_patience=10)
+    train = recipe(width=8, epochs=4, batch_size=16, early_stopping_patience=10, schedule="plateau")
     with pytest.raises(KeyboardInterrupt):
         training.fit(train, (images, labels), val, verbose=0, resume_dir=tmp_path / "resume",
                      extra_callbacks=[InterruptAfter(3)])
