@@ -70,6 +70,7 @@ SCHEMA = {
         "plateau_factor": _number(0, 1, lo_open=True),
         "plateau_patience": _number(0, 100, integer=True),
         "early_stopping_patience": _number(0, 1000, integer=True),
+        "select_by": _choice("val_loss", "val_accuracy"),
         "time_budget_minutes": _number(0),
         "label_smoothing": _number(0, 0.5),
         "class_weight": _choice("none", "balanced"),

@@ -105,7 +105,7 @@ def lr_at_epoch(train: dict, epoch: int) -> float:
 
 
 def schedule_callbacks(train: dict) -> list[keras.callbacks.Callback]:
-    """LR schedule, then early stopping on validation loss (best weights restored)."""
+    """LR schedule, then early stopping on train.select_by (best weights restored)."""
     if train["schedule"] == "plateau":
         schedule = keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=train["plateau_factor"], patience=train["plateau_patience"], verbose=1
@@ -113,9 +113,16 @@ def schedule_callbacks(train: dict) -> list[keras.callbacks.Callback]:
     else:
         schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr_at_epoch(train, epoch))
     stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=train["early_stopping_patience"], restore_best_weights=True, verbose=1
+        monitor=train["select_by"], patience=train["early_stopping_patience"], restore_best_weights=True, verbose=1
     )
     return [schedule, stop, TimeBudget(train["time_budget_minutes"])]
+
+
+def best_epoch(history: dict, select_by: str) -> int:
+    """Index of the epoch that early stopping keeps: lowest val_loss or highest val_accuracy (first of ties)."""
+    values = history[select_by]
+    pick = max if select_by == "val_accuracy" else min
+    return pick(range(len(values)), key=values.__getitem__)
 
 
 class TimeBudget(keras.callbacks.Callback):

@@ -1,7 +1,8 @@
 """train: fit the CNN named in params (augmentation, LR schedule, early stopping) and save it.
 
 Per-epoch loss, accuracy, val loss, val accuracy and learning rate go to DVCLive
-(metrics/train/); the model with the best validation loss is saved, without optimizer
+(metrics/train/); the model of the epoch chosen by train.select_by (lowest val loss or highest
+val accuracy) is saved, without optimizer
 state (7 MB for the default net, small enough for git), to models/model.keras.
 After every epoch the run's state goes to models/.resume/, so that an interrupted run
 (Ctrl-C, SIGTERM, SIGKILL, a power cut) goes on from its last completed epoch at the next
@@ -17,7 +18,8 @@ from dvclive.utils import standardize_metric_name
 
 from ferpipe import params
 from ferpipe.data import PreparedData
-from ferpipe.training import clear_resume_state, cpu_name, enable_determinism, fit, inference_model, resolve_precision
+from ferpipe.training import (best_epoch, clear_resume_state, cpu_name, enable_determinism, fit, inference_model,
+                              resolve_precision)
 
 PREPARED_DIR = Path("data/prepared")
 LIVE_DIR = Path("metrics/train")
@@ -54,7 +56,7 @@ def main():
         model, history = fit(train, (x_train, y_train), (x_val, y_val), extra_callbacks=[LiveLogger(live)],
                              resume_dir=RESUME_DIR)
         val_loss = history.history["val_loss"]
-        best = min(range(len(val_loss)), key=val_loss.__getitem__)
+        best = best_epoch(history.history, train["select_by"])
         seconds = time.monotonic() - start
         epochs_here = len(val_loss) - history.resumed_after
         live.summary.update({

@@ -150,3 +150,30 @@ def test_saved_model_keeps_the_weights_but_not_the_optimizer_state(tmp_path):
     x = training.as_model_input(images)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
     assert slim.stat().st_size < 0.6 * full.stat().st_size
+
+
+def test_best_epoch_follows_select_by():
+    history = {"val_loss": [1.0, 0.8, 0.9, 0.8], "val_accuracy": [0.5, 0.6, 0.7, 0.7]}
+    assert training.best_epoch(history, "val_loss") == 1          # first of the ties
+    assert training.best_epoch(history, "val_accuracy") == 2
+
+
+@pytest.mark.parametrize("select_by", ["val_loss", "val_accuracy"])
+def test_fit_keeps_the_weights_of_the_epoch_chosen_by_select_by(select_by):
+    class WeightsPerEpoch(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.weights = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.weights.append([w.copy() for w in self.model.get_weights()])
+
+    images, labels = tiny_data()
+    train = recipe(width=8, epochs=5, batch_size=8, lr=0.01, early_stopping_patience=10, select_by=select_by)
+    recorder = WeightsPerEpoch()
+    model, history = training.fit(train, (images, labels), tiny_data(28, 1), extra_callbacks=[recorder], verbose=0)
+    best = training.best_epoch(history.history, select_by)
+    for kept, recorded in zip(model.get_weights(), recorder.weights[best]):
+        np.testing.assert_array_equal(kept, recorded)
+    other = training.best_epoch(history.history, "val_accuracy" if select_by == "val_loss" else "val_loss")
+    assert best != other  # this tiny run's two criteria disagree, so the kept weights tell them apart

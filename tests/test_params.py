@@ -62,6 +62,7 @@ def with_value(good, dotted, value):
         ("prepare.drop_defects", "no", "prepare.drop_defects: got 'no', expected true or false"),
         ("evaluate.tta", "five_crop", "evaluate.tta"),
         ("train.augment.crop", 44, "train.augment.crop: got 44, expected true or false"),
+        ("train.select_by", "accuracy", "train.select_by: got 'accuracy', expected one of 'val_loss', 'val_accuracy'"),
         ("evaluate.batch_size", 0, "evaluate.batch_size"),
         ("visualize.grid_images", 0, "visualize.grid_images"),
         ("visualize.sample_images", 500, "visualize.sample_images"),
