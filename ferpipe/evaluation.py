@@ -12,17 +12,9 @@ ZOOM_OUT, ZOOM_IN = 0.9, 1.1
 CROP_SHIFT = (IMAGE_SIZE - CROP_SIZE) // 2
 
 
-def zoomed(images: np.ndarray, scale: float) -> np.ndarray:
-    """(n, 48, 48) images scaled about their centre (>1 zooms in), edges replicated as in training."""
-    return _warped(images, scale, 0, 0)
-
-
-def shifted(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """(n, 48, 48) images moved dx pixels right and dy down, edges replicated."""
-    return _warped(images, 1.0, dx, dy)
-
-
-def _warped(images, scale, dx, dy):
+def warped(images: np.ndarray, scale: float = 1.0, dx: int = 0, dy: int = 0) -> np.ndarray:
+    """(n, 48, 48) images scaled about their centre (>1 zooms in), then moved dx pixels right and dy down;
+    edges replicated, as the training augmentation does."""
     import cv2
 
     size = images.shape[-1]
@@ -52,7 +44,7 @@ def probabilities_by_tta(model, images: np.ndarray, batch_size: int, modes=TTA_M
     predicted = {}
     for view in dict.fromkeys(v for mode in modes for v in TTA_VIEWS[mode]):
         scale, dx, dy, mirrored = view
-        x = images if (scale, dx, dy) == (1.0, 0, 0) or len(images) == 0 else _warped(images, scale, dx, dy)
+        x = images if (scale, dx, dy) == (1.0, 0, 0) or len(images) == 0 else warped(images, scale, dx, dy)
         x = x[:, :, ::-1] if mirrored else x
         predicted[view] = np.asarray(model.predict(x.astype("float32")[..., None], batch_size=batch_size,
                                                    verbose=0), dtype="float64")

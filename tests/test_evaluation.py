@@ -6,8 +6,7 @@ import pytest
 
 from ferpipe import TTA_MODES
 from ferpipe import CROP_SIZE
-from ferpipe.evaluation import (confusion_matrix, predict_probabilities, probabilities_by_tta, shifted, summarize,
-                                zoomed)
+from ferpipe.evaluation import (confusion_matrix, predict_probabilities, probabilities_by_tta, summarize, warped)
 
 
 def test_summary_on_a_hand_worked_example():
@@ -67,8 +66,8 @@ def test_zoom_in_grows_and_zoom_out_shrinks_a_centred_square_without_black_borde
     image = np.full((1, 48, 48), 100, np.uint8)
     image[:, 14:34, 14:34] = 200                      # a 20x20 bright square
     bright = lambda im: int((im > 150).sum())
-    assert bright(zoomed(image, 1.1)) > bright(image) > bright(zoomed(image, 0.9))
-    assert zoomed(image, 0.9).min() == 100            # edges replicated, no zero fill
+    assert bright(warped(image, 1.1)) > bright(image) > bright(warped(image, 0.9))
+    assert warped(image, 0.9).min() == 100            # edges replicated, no zero fill
 
 
 def test_flip_zoom_averages_six_views_and_all_modes_share_predictions():
@@ -78,7 +77,7 @@ def test_flip_zoom_averages_six_views_and_all_modes_share_predictions():
     by_tta = probabilities_by_tta(model, images, batch_size=8)
     assert set(by_tta) == set(TTA_MODES)
     assert model.calls == 14                          # plain, zoom 0.9, zoom 1.1, 4 shifts and their mirrors
-    views = [images, zoomed(images, 0.9), zoomed(images, 1.1)]
+    views = [images, warped(images, 0.9), warped(images, 1.1)]
     expected = np.mean([view.mean(axis=(1, 2)) / 255 for view in views], axis=0)
     assert by_tta["flip_zoom"][:, 0] == pytest.approx(expected)
     assert by_tta["flip"][:, 0] == pytest.approx(by_tta["none"][:, 0])   # symmetric images
@@ -97,11 +96,11 @@ def test_an_unknown_tta_mode_names_the_allowed_ones():
 def test_shift_moves_pixels_and_replicates_the_edge():
     image = np.zeros((1, 48, 48), np.uint8)
     image[0, 10, 20] = 255
-    moved = shifted(image, 2, -2)                     # 2 right, 2 up
+    moved = warped(image, dx=2, dy=-2)                # 2 right, 2 up
     assert moved[0, 8, 22] == 255 and moved.sum() == 255
     edge = np.zeros((1, 48, 48), np.uint8)
     edge[0, :, 0] = 90                                # left column
-    assert (shifted(edge, 2, 0)[0, :, :3] == 90).all()
+    assert (warped(edge, dx=2, dy=0)[0, :, :3] == 90).all()
 
 
 def test_ten_crop_shows_a_crop_trained_model_each_corner_crop_and_its_mirror():
