@@ -39,7 +39,7 @@ def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> di
     import numpy as np
 
     from ferpipe.data import PreparedData, test_subset
-    from ferpipe.evaluation import predict_probabilities
+    from ferpipe.evaluation import check_tta, predict_probabilities
 
     data = PreparedData(PREPARED_DIR)
     x_val, y_val, _ = data.split("val")
@@ -47,6 +47,10 @@ def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> di
     if not len(x_val):
         raise FerError("data/prepared has no validation split to choose the ensemble on (prepare.val_fraction)")
     subsets = np.array([test_subset(p) for p in paths])
+    if tta == "ten_crop":  # refuse a model trained without crops before the others' predictions
+        for path in model_files:
+            check_tta(keras.saving.load_model(path), tta, str(path))
+            keras.backend.clear_session()
     val_probs, test_probs = [], []
     for path in model_files:
         model = keras.saving.load_model(path)

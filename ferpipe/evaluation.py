@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ferpipe import CLASS_NAMES, CROP_SIZE, IMAGE_SIZE, TTA_MODES
+from ferpipe import CLASS_NAMES, CROP_SIZE, IMAGE_SIZE, TTA_MODES, FerError
 from ferpipe.data import TEST_SUBSETS
 
 # flip_zoom's scales, chosen on the validation split (README, "Test-time augmentation").
@@ -34,6 +34,28 @@ TTA_VIEWS = {
     "ten_crop": [(1.0, dx, dy, mirrored) for mirrored in (False, True) for dx, dy in [(0, 0), *_CORNERS]],
 }
 assert set(TTA_VIEWS) == set(TTA_MODES)
+
+
+def crops_faces(model) -> bool | None:
+    """Whether a Keras model centre-crops its input (trained with train.augment.crop); None if unknown (ONNX)."""
+    import keras
+
+    if not isinstance(model, keras.Model):
+        return None
+    return any(isinstance(layer, keras.layers.Cropping2D) for layer in model.layers)
+
+
+def tta_modes_for(model) -> tuple[str, ...]:
+    """The TTA modes that make sense for `model`: ten_crop only for a model that crops its input."""
+    return tuple(mode for mode in TTA_MODES if mode != "ten_crop" or crops_faces(model) is not False)
+
+
+def check_tta(model, tta: str, model_name: str) -> None:
+    """Refuse ten_crop for a model trained without crops: its 'corner crops' would be faces shifted 2 px
+    with copied edge pixels, views it never saw in training."""
+    if tta == "ten_crop" and crops_faces(model) is False:
+        raise FerError(f"tta ten_crop needs a model trained with train.augment.crop: true, and {model_name} "
+                       f"takes whole {IMAGE_SIZE}x{IMAGE_SIZE} faces; use flip_zoom, or retrain with crops")
 
 
 def probabilities_by_tta(model, images: np.ndarray, batch_size: int, modes=TTA_MODES) -> dict[str, np.ndarray]:

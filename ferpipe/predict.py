@@ -24,7 +24,7 @@ import numpy as np
 
 from ferpipe import CLASS_NAMES, TTA_MODES, FerError
 from ferpipe.data import decode, grayscale
-from ferpipe.evaluation import predict_probabilities
+from ferpipe.evaluation import check_tta, predict_probabilities
 from ferpipe.faces import FaceDetector, crop_face, is_fer_crop
 from ferpipe.inference import load_classifier
 
@@ -119,6 +119,7 @@ class FileProblem(Exception):
 class Predictor:
     def __init__(self, args):
         self.model, self.model_name = load_classifier(args.model)
+        check_tta(self.model, args.tta, self.model_name)
         self.detector = FaceDetector(args.min_face)
         self.args = args
 

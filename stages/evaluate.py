@@ -1,7 +1,7 @@
 """evaluate: test accuracy, loss, macro-F1, per-class scores and the PublicTest/PrivateTest subsets.
 
 Headline figures use `evaluate.tta`; every TTA mode is also scored on the validation split (where
-the mode is chosen) and, for reference, on the test folder.
+the mode is chosen) and, for reference, on the test folder (ten_crop only for a model trained with crops).
 
 Writes metrics/evaluate.json, plots/confusion.csv (for DVC's confusion template) and
 data/evaluate/predictions.csv (one row per test image, for the visualize stage).
@@ -14,9 +14,9 @@ import keras
 import numpy as np
 import pandas as pd
 
-from ferpipe import CLASS_NAMES, TTA_MODES, FerError, params
+from ferpipe import CLASS_NAMES, FerError, params
 from ferpipe.data import PreparedData, test_subset
-from ferpipe.evaluation import probabilities_by_tta, subset_scores, summarize
+from ferpipe.evaluation import check_tta, probabilities_by_tta, subset_scores, summarize, tta_modes_for
 
 PREPARED_DIR = Path("data/prepared")
 MODEL_FILE = Path("models/model.keras")
@@ -33,10 +33,12 @@ def main():
     x_test, y_test, paths = data.split("test")
     x_val, y_val, _ = data.split("val")
     model = keras.saving.load_model(MODEL_FILE)
+    check_tta(model, evaluate["tta"], str(MODEL_FILE))
+    modes = tta_modes_for(model)
     print(f"predicting {len(x_test)} test and {len(x_val)} validation images under each TTA mode "
-          f"({', '.join(TTA_MODES)}); reporting {evaluate['tta']}", flush=True)
-    test_by_tta = probabilities_by_tta(model, x_test, evaluate["batch_size"])
-    val_by_tta = probabilities_by_tta(model, x_val, evaluate["batch_size"]) if len(x_val) else {}
+          f"({', '.join(modes)}); reporting {evaluate['tta']}", flush=True)
+    test_by_tta = probabilities_by_tta(model, x_test, evaluate["batch_size"], modes)
+    val_by_tta = probabilities_by_tta(model, x_val, evaluate["batch_size"], modes) if len(x_val) else {}
     probs = test_by_tta[evaluate["tta"]]
 
     overall = summarize(y_test, probs)

@@ -1,5 +1,6 @@
 """visualize: training curves, training samples, a prediction grid and a confusion-matrix heatmap (PNGs in plots/)."""
 from ferpipe.stage import run_stage  # first: keeps library caches in the project
+import json
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,7 @@ from ferpipe.evaluation import confusion_matrix  # noqa: E402
 
 PREPARED_DIR = Path("data/prepared")
 HISTORY_DIR = Path("metrics/train/plots/metrics")
+TRAIN_SUMMARY_FILE = Path("metrics/train/metrics.json")
 PREDICTIONS_FILE = Path("data/evaluate/predictions.csv")
 PLOTS_DIR = Path("plots")
 
@@ -33,7 +35,17 @@ def read_history() -> pd.DataFrame:
     return history
 
 
-def plot_curves(history: pd.DataFrame, path: Path):
+def kept_epoch() -> int:
+    """The epoch whose weights the train stage kept (train.select_by), from its summary."""
+    try:
+        return int(json.loads(TRAIN_SUMMARY_FILE.read_text())["best_epoch"])
+    except FileNotFoundError:
+        raise FerError(f"{TRAIN_SUMMARY_FILE} not found: run the train stage first (dvc repro train)") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise FerError(f"{TRAIN_SUMMARY_FILE} has no usable best_epoch ({err!r}): rerun the train stage") from None
+
+
+def plot_curves(history: pd.DataFrame, best: int, path: Path):
     lr = history["train_learning_rate"].to_numpy()
     drops = history.index[1:][lr[1:] < lr[:-1] * 0.999]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -45,9 +57,12 @@ def plot_curves(history: pd.DataFrame, path: Path):
         ax.set_xlabel("epoch")
         ax.set_title(metric.capitalize())
         ax.legend()
-    best = history["eval_loss"].idxmin()
-    axes[1].scatter([best], [history["eval_loss"][best]], color="red", zorder=3, label="best (restored)")
-    axes[1].legend()
+    if best not in history.index:
+        raise FerError(f"{TRAIN_SUMMARY_FILE} names epoch {best} as kept, but the history in {HISTORY_DIR} has "
+                       f"epochs {history.index.min()}-{history.index.max()}: rerun the train stage")
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.scatter([best], [history[f"eval_{metric}"][best]], color="red", zorder=3, label=f"kept (epoch {best})")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -124,7 +139,7 @@ def main():
     data = PreparedData(PREPARED_DIR)
     PLOTS_DIR.mkdir(exist_ok=True)
 
-    plot_curves(read_history(), PLOTS_DIR / "training_curves.png")
+    plot_curves(read_history(), kept_epoch(), PLOTS_DIR / "training_curves.png")
     train_images, train_labels, _ = data.split("train")
     plot_samples(train_images, train_labels, visualize["sample_images"], rng, PLOTS_DIR / "train_samples.png")
     test_images, _, test_paths = data.split("test")

@@ -59,3 +59,10 @@ def test_missing_prepared_data_is_reported(prepared_with_models, capsys):
     (project / "data/prepared/index.csv").unlink()
     assert ensemble.main([str(f) for f in files[:2]]) == 2
     assert "run the prepare stage first" in capsys.readouterr().err
+
+
+def test_ten_crop_is_refused_for_models_trained_without_crops(prepared_with_models, capsys):
+    project, files = prepared_with_models
+    assert ensemble.main([str(f) for f in files[:2]] + ["--tta", "ten_crop"]) == 2
+    err = capsys.readouterr().err
+    assert f"tta ten_crop needs a model trained with train.augment.crop: true, and {files[0]}" in err

@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from ferpipe import TTA_MODES
-from ferpipe import CROP_SIZE
-from ferpipe.evaluation import (confusion_matrix, predict_probabilities, probabilities_by_tta, summarize, warped)
+from ferpipe import CROP_SIZE, TTA_MODES, FerError
+from ferpipe.evaluation import (check_tta, confusion_matrix, crops_faces, predict_probabilities,
+                                probabilities_by_tta, summarize, tta_modes_for, warped)
 
 
 def test_summary_on_a_hand_worked_example():
@@ -70,7 +70,7 @@ def test_zoom_in_grows_and_zoom_out_shrinks_a_centred_square_without_black_borde
     assert warped(image, 0.9).min() == 100            # edges replicated, no zero fill
 
 
-def test_flip_zoom_averages_six_views_and_all_modes_share_predictions():
+def test_flip_zoom_averages_six_views_and_the_modes_share_their_fourteen_predictions():
     images = np.full((3, 48, 48), 100, np.uint8)
     images[:, 14:34, 14:34] = 200
     model = CountingModel()
@@ -132,3 +132,29 @@ def test_ten_crop_shows_a_crop_trained_model_each_corner_crop_and_its_mirror():
         assert any(np.array_equal(crop[:, ::-1], w) for w in seen)
     expected = np.mean([c.mean() for c in crops] + [c[:, ::-1].mean() for c in crops]) / 255
     assert probs[0, 0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_ten_crop_is_offered_only_for_a_model_trained_with_crops(crop):
+    import keras
+
+    from ferpipe.model import build_model
+
+    keras.mixed_precision.set_global_policy("float32")
+    augment = {"rotation": 0, "zoom": 0, "flip": False, "translate": 0, "erasing": 0, "crop": crop}
+    model = build_model({"model": "compact", "width": 4, "dropout": 0.1, "augment": augment})
+    assert crops_faces(model) is crop
+    assert ("ten_crop" in tta_modes_for(model)) is crop
+    for mode in TTA_MODES:
+        if mode == "ten_crop" and not crop:
+            with pytest.raises(FerError, match="ten_crop needs a model trained with train.augment.crop: true, "
+                                               "and tiny.keras takes whole 48x48 faces"):
+                check_tta(model, mode, "tiny.keras")
+        else:
+            check_tta(model, mode, "tiny.keras")
+
+
+def test_a_model_of_unknown_kind_keeps_every_tta_mode():
+    assert crops_faces(CountingModel()) is None
+    assert tta_modes_for(CountingModel()) == TTA_MODES
+    check_tta(CountingModel(), "ten_crop", "model.onnx")

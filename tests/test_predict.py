@@ -188,6 +188,13 @@ def test_a_missing_or_unknown_model_exits_2_with_a_message(tmp_path, capsys):
     assert code == 2 and "must end in .onnx or .keras" in err
 
 
+def test_ten_crop_with_a_keras_model_trained_without_crops_exits_2(model_files, tmp_path, capsys):
+    crop = tmp_path / "crop.jpg"
+    cv2.imwrite(str(crop), no_face(48))
+    code, out, err = run_predict(capsys, "--model", model_files[1], "--tta", "ten_crop", crop)
+    assert code == 2 and out == "" and "ten_crop needs a model trained with train.augment.crop: true" in err
+
+
 def test_without_a_model_file_anywhere_predict_says_how_to_get_one(tmp_path, capsys, monkeypatch):
     from ferpipe import inference
 

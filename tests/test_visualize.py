@@ -1,0 +1,55 @@
+"""The visualize stage's training curves mark the epoch the train stage kept."""
+import json
+
+import matplotlib.axes
+import pandas as pd
+import pytest
+
+from conftest import REPO
+from ferpipe import FerError
+
+
+@pytest.fixture
+def visualize(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.chdir(tmp_path)
+    spec = importlib.util.spec_from_file_location("stage_visualize", REPO / "stages" / "visualize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def history(eval_loss, eval_accuracy):
+    epochs = range(1, len(eval_loss) + 1)
+    return pd.DataFrame({"train_accuracy": eval_accuracy, "eval_accuracy": eval_accuracy,
+                         "train_loss": eval_loss, "eval_loss": eval_loss,
+                         "train_learning_rate": [1e-3] * len(eval_loss)}, index=epochs)
+
+
+def test_the_kept_epoch_is_marked_even_when_it_is_not_the_lowest_val_loss(visualize, tmp_path, monkeypatch):
+    marked = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", lambda self, x, y, **kw: marked.append((x[0], y[0])))
+    # val loss is lowest at epoch 2, val accuracy highest at epoch 4 (kept under select_by: val_accuracy)
+    curves = history(eval_loss=[1.3, 1.1, 1.2, 1.15], eval_accuracy=[0.50, 0.60, 0.62, 0.65])
+    visualize.plot_curves(curves, 4, tmp_path / "curves.png")
+    assert marked == [(4, 0.65), (4, 1.15)]
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_the_kept_epoch_comes_from_the_train_summary(visualize, tmp_path):
+    summary = tmp_path / "metrics" / "train" / "metrics.json"
+    with pytest.raises(FerError, match="not found: run the train stage first"):
+        visualize.kept_epoch()
+    summary.parent.mkdir(parents=True)
+    summary.write_text(json.dumps({"best_epoch": 7, "step": 9}))
+    assert visualize.kept_epoch() == 7
+    for bad in ({"step": 9}, {"best_epoch": None}, "not json"):
+        summary.write_text(bad if isinstance(bad, str) else json.dumps(bad))
+        with pytest.raises(FerError, match="no usable best_epoch"):
+            visualize.kept_epoch()
+
+
+def test_a_kept_epoch_outside_the_history_is_refused(visualize, tmp_path):
+    with pytest.raises(FerError, match="names epoch 9 as kept"):
+        visualize.plot_curves(history([1.0, 0.9], [0.5, 0.6]), 9, tmp_path / "curves.png")
