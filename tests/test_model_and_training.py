@@ -24,8 +24,10 @@ def recipe(**changes):
 @pytest.mark.parametrize("name, width, low, high", [("seed", 64, 4.2e6, 4.6e6), ("compact", 32, 1.5e6, 2.0e6),
                                                     ("vgg", 64, 8e6, 12e6)])
 def test_models_have_the_documented_size_and_output(name, width, low, high):
-    model = build_model(recipe(model=name, width=width))
+    model = build_model(recipe(model=name, width=width, augment={"crop": False}))  # sizes documented at 48x48
     assert low < model.count_params() < high
+    cropped = build_model(recipe(model=name, width=width, augment={"crop": True}))
+    assert cropped.count_params() < model.count_params()  # 44x44 crops shrink the dense layer's input
     probs = model.predict(np.full((3, 48, 48, 1), 128, "float32"), verbose=0)
     assert probs.shape == (3, len(CLASS_NAMES))
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
@@ -66,7 +68,8 @@ def test_crop_takes_random_crops_in_training_and_the_centre_crop_at_inference():
 
 
 def test_augmentation_can_be_switched_off():
-    model = build_model(recipe(width=8, augment={"rotation": 0, "zoom": 0, "flip": False, "translate": 0}))
+    model = build_model(recipe(width=8, augment={"rotation": 0, "zoom": 0, "flip": False, "translate": 0,
+                                                      "erasing": 0, "crop": False}))
     assert not [l for l in model.layers if l.__class__.__name__.startswith("Random")]
 
 
