@@ -4,7 +4,7 @@
 2. inference of the deployed model: faces/s in batches and single-face latency (p50, p99),
    for Keras and for the ONNX export under ONNX Runtime.
 
-    ferpipe bench [--models seed compact vgg] [--train-images 1024] [--precision auto]
+    ferpipe bench [--models seed compact vgg] [--train-images 1024] [--rounds 3] [--precision auto]
                   [--no-training] [--no-inference] [--latency-runs 1000]
 
 Each model of part 1 uses the train params from params.yaml with only `model` (and the width
@@ -29,21 +29,32 @@ from ferpipe.training import compile_model, cpu_name, one_hot, set_precision
 DEFAULT_WIDTH = {"seed": 64, "compact": 32, "vgg": 64}
 
 
-def measure(train: dict, train_images: int, predict_images: int) -> dict:
-    model = compile_model(train)
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (max(train_images, predict_images), IMAGE_SIZE, IMAGE_SIZE, 1)).astype("float32")
-    y = one_hot(rng.integers(0, 7, len(x)))
-    bs = train["batch_size"]
-    model.fit(x[: 2 * bs], y[: 2 * bs], batch_size=bs, epochs=1, verbose=0)  # warm-up / compile
-    start = time.perf_counter()
-    model.fit(x[:train_images], y[:train_images], batch_size=bs, epochs=1, verbose=0)
-    train_rate = train_images / (time.perf_counter() - start)
-    model.predict(x[:512], batch_size=256, verbose=0)
-    start = time.perf_counter()
-    model.predict(x[:predict_images], batch_size=256, verbose=0)
-    predict_rate = predict_images / (time.perf_counter() - start)
-    return {"params": model.count_params(), "train": train_rate, "predict": predict_rate}
+class Timed:
+    """One model of part 1: compiled and warmed up once, then timed as often as asked."""
+
+    def __init__(self, train: dict, train_images: int, predict_images: int):
+        self.model = compile_model(train)
+        rng = np.random.default_rng(0)
+        self.x = rng.integers(0, 256, (max(train_images, predict_images), IMAGE_SIZE, IMAGE_SIZE, 1)).astype("float32")
+        self.y = one_hot(rng.integers(0, 7, len(self.x)))
+        self.batch_size, self.train_images, self.predict_images = train["batch_size"], train_images, predict_images
+        bs = self.batch_size
+        self.model.fit(self.x[: 2 * bs], self.y[: 2 * bs], batch_size=bs, epochs=1, verbose=0)  # compile
+        self.model.predict(self.x[:512], batch_size=256, verbose=0)
+        self.train_rates, self.predict_rates = [], []
+
+    def time_once(self) -> None:
+        n = self.train_images
+        start = time.perf_counter()
+        self.model.fit(self.x[:n], self.y[:n], batch_size=self.batch_size, epochs=1, verbose=0)
+        self.train_rates.append(n / (time.perf_counter() - start))
+        start = time.perf_counter()
+        self.model.predict(self.x[: self.predict_images], batch_size=256, verbose=0)
+        self.predict_rates.append(self.predict_images / (time.perf_counter() - start))
+
+    def row(self) -> dict:
+        return {"params": self.model.count_params(), "train": float(np.median(self.train_rates)),
+                "predict": float(np.median(self.predict_rates)), "train_range": (min(self.train_rates), max(self.train_rates))}
 
 
 def faces_per_second(model, faces: np.ndarray, batch_size: int) -> float:
@@ -108,6 +119,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["seed", "compact", "vgg"])
     parser.add_argument("--train-images", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3, help="timings per model, taken in turn (default 3)")
     parser.add_argument("--predict-images", type=int, default=4096)
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
                         help="override train.precision")
@@ -116,6 +128,9 @@ def main(argv=None):
     parser.add_argument("--latency-runs", type=int, default=1000, help="single-face calls per runtime")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
+    for option in ("rounds", "train_images", "predict_images", "latency_runs"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     base = params_module.load(args.params)["train"]
     precision = set_precision(args.precision or base["precision"])
     print(f"backend {keras.backend.backend()}, precision {precision}, CPU: {cpu_name()}")
@@ -126,20 +141,30 @@ def main(argv=None):
 
 
 def training_table(base: dict, args) -> None:
-    rows = {}
+    """Every model is timed once per round, the models in turn, so that a change in the machine's
+    speed during the run (seen here: up to 2x) hits them all alike; medians over the rounds."""
+    timed = {}
     for name in args.models:
         train = {**base, "model": name, "width": DEFAULT_WIDTH.get(name, base["width"])}
         if name == base["model"]:
             train["width"] = base["width"]
-        rows[name] = measure(train, args.train_images, args.predict_images)
-        print(f"  measured {name}: {rows[name]['train']:.0f} train img/s", flush=True)
+        timed[name] = Timed(train, args.train_images, args.predict_images)
+    for round_ in range(1, args.rounds + 1):
+        for name, model in timed.items():
+            model.time_once()
+        print(f"  round {round_}/{args.rounds}: " + ", ".join(
+            f"{name} {model.train_rates[-1]:.0f}" for name, model in timed.items()) + " train img/s", flush=True)
+    rows = {name: model.row() for name, model in timed.items()}
     ref = rows.get("seed")
-    print(f"\n| model | params | train img/s | predict img/s | train vs seed | predict vs seed |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"\nmedians of {args.rounds} rounds")
+    print("| model | params | train img/s | (range) | predict img/s | train vs seed | predict vs seed |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, row in rows.items():
         ratio_t = f"{row['train'] / ref['train']:.2f}x" if ref else "-"
         ratio_p = f"{row['predict'] / ref['predict']:.2f}x" if ref else "-"
-        print(f"| {name} | {row['params']:,} | {row['train']:.0f} | {row['predict']:.0f} | {ratio_t} | {ratio_p} |")
+        low, high = row["train_range"]
+        print(f"| {name} | {row['params']:,} | {row['train']:.0f} | {low:.0f}-{high:.0f} | {row['predict']:.0f} "
+              f"| {ratio_t} | {ratio_p} |")
 
 
 if __name__ == "__main__":
