@@ -47,17 +47,14 @@ def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> di
     if not len(x_val):
         raise FerError("data/prepared has no validation split to choose the ensemble on (prepare.val_fraction)")
     subsets = np.array([test_subset(p) for p in paths])
-    if tta == "ten_crop":  # refuse a model trained without crops before the others' predictions
-        for path in model_files:
-            check_tta(keras.saving.load_model(path), tta, str(path))
-            keras.backend.clear_session()
+    models = [keras.saving.load_model(path) for path in model_files]  # a few MB each, at most MAX_MODELS
+    for path, model in zip(model_files, models):  # refuse a model before any prediction
+        check_tta(model, tta, str(path))
     val_probs, test_probs = [], []
-    for path in model_files:
-        model = keras.saving.load_model(path)
+    for path, model in zip(model_files, models):
         print(f"predicting with {path} ({tta} TTA)", flush=True)
         val_probs.append(predict_probabilities(model, x_val, tta, batch_size))
         test_probs.append(predict_probabilities(model, x_test, tta, batch_size))
-        keras.backend.clear_session()
     rows = []
     for size in range(1, len(model_files) + 1):
         for members in itertools.combinations(range(len(model_files)), size):

@@ -72,6 +72,16 @@ def project(tmp_path, fer_tree):
     return dest
 
 
+def load_stage(project: Path, stage: str):
+    """stages/<stage>.py of `project` imported as a module (its main() not run), to call its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"stage_{stage}", project / "stages" / f"{stage}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_stage(project: Path, stage: str, check=True, **env) -> subprocess.CompletedProcess:
     """Run stages/<stage>.py in `project`; keyword arguments are extra environment variables."""
     result = subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=project, env=stage_env(project) | env,

@@ -3,6 +3,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import load_stage
 from ferpipe import FerError
 from ferpipe.export import export_onnx, inference_graph, parity
 from ferpipe.inference import OnnxModel, load_classifier
@@ -69,15 +70,6 @@ def test_load_classifier_refuses_a_corrupt_file(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"not keras")
     with pytest.raises(FerError, match="cannot load Keras model"):
         load_classifier(tmp_path / "model.keras")
-
-
-def load_stage(project, name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", project / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_export_stage_without_a_trained_model_says_what_to_run(project):

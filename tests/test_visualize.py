@@ -5,19 +5,14 @@ import matplotlib.axes
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_stage
 from ferpipe import FerError
 
 
 @pytest.fixture
 def visualize(tmp_path, monkeypatch):
-    import importlib.util
-
     monkeypatch.chdir(tmp_path)
-    spec = importlib.util.spec_from_file_location("stage_visualize", REPO / "stages" / "visualize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_stage(REPO, "visualize")
 
 
 def history(eval_loss, eval_accuracy):
