@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ferpipe import CLASS_NAMES, CROP_SIZE, IMAGE_SIZE, TTA_MODES, FerError
+from ferpipe import CLASS_NAMES, CROP_MARGIN, IMAGE_SIZE, TTA_MODES, FerError
 from ferpipe.data import TEST_SUBSETS
 
 # flip_zoom's scales, chosen on the validation split (README, "Test-time augmentation").
 ZOOM_OUT, ZOOM_IN = 0.9, 1.1
 # ten_crop's shift: a corner CROP_SIZE crop moved into the centre crop that a crop-trained model sees.
-CROP_SHIFT = (IMAGE_SIZE - CROP_SIZE) // 2
+CROP_SHIFT = CROP_MARGIN
 
 
 def warped(images: np.ndarray, scale: float = 1.0, dx: int = 0, dy: int = 0) -> np.ndarray:

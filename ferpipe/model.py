@@ -4,7 +4,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from ferpipe import CLASS_NAMES, CROP_SIZE, IMAGE_SIZE
+from ferpipe import CLASS_NAMES, CROP_MARGIN, IMAGE_SIZE
 
 MODELS = ("seed", "compact", "vgg")
 
@@ -28,8 +28,11 @@ def augmentation(augment: dict) -> list[layers.Layer]:
     if augment["crop"]:
         # A random CROP_SIZE crop = a whole-pixel shift of up to the margin, then the centre crop
         # (build_model's Cropping2D, which acts at inference too; Keras' RandomCrop skips inference).
-        margin = (IMAGE_SIZE - CROP_SIZE) / 2 / IMAGE_SIZE
-        steps.append(layers.RandomTranslation(margin, margin, fill_mode="nearest", interpolation="nearest", **f32))
+        # The shift is drawn uniformly from +-factor*48 px and rounded (nearest): a factor of
+        # (margin + 0.5)/48, less a hair, gives each whole shift -margin..margin the same chance;
+        # margin/48 would draw the two extreme shifts half as often as the others.
+        factor = (CROP_MARGIN + 0.5 - 1e-3) / IMAGE_SIZE
+        steps.append(layers.RandomTranslation(factor, factor, fill_mode="nearest", interpolation="nearest", **f32))
     return steps
 
 
@@ -79,7 +82,7 @@ def build_model(train: dict) -> keras.Model:
     if train["augment"]["crop"]:
         # Cropping2D, not CenterCrop: after Keras 3.15's CenterCrop, BatchNormalization exported to
         # ONNX normalises with batch statistics (measured: probabilities off by 0.02).
-        x = layers.Cropping2D((IMAGE_SIZE - CROP_SIZE) // 2, dtype="float32")(x)
+        x = layers.Cropping2D(CROP_MARGIN, dtype="float32")(x)
     name, width, dropout = train["model"], train["width"], train["dropout"]
     if name == "seed":
         x = _seed_body(x, width, dropout)

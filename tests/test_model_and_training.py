@@ -57,13 +57,17 @@ def test_crop_takes_random_crops_in_training_and_the_centre_crop_at_inference():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(to_crop(x, training=False))[0, ..., 0], centre, atol=1e-6)
     # in training: whole-pixel crops from anywhere within the margin, so every output is one of the (2m+1)^2 crops
     crops = {(r, c): x[0, r:r + CROP_SIZE, c:c + CROP_SIZE, 0] / 255 for r in range(2 * m + 1) for c in range(2 * m + 1)}
-    found = set()
-    for _ in range(40):
-        out = keras.ops.convert_to_numpy(to_crop(x, training=True))[0, ..., 0]
+    outs = keras.ops.convert_to_numpy(to_crop(np.repeat(x, 2000, axis=0), training=True))[..., 0]
+    drawn = []
+    for out in outs:
         match = [k for k, crop_ in crops.items() if np.allclose(out, crop_, atol=1e-6)]
         assert len(match) == 1
-        found.add(match[0])
-    assert len(found) > 5
+        drawn.append(match[0])
+    # every crop drawn, and with the same chance: then 16 of the 25 touch an edge of the margin
+    # (0.64); extreme shifts drawn half as often as the others would give 0.44
+    assert set(drawn) == set(crops)
+    on_edge = np.mean([r in (0, 2 * m) or c in (0, 2 * m) for r, c in drawn])
+    assert 0.58 < on_edge < 0.70
     assert model.predict(x, verbose=0).shape == (1, len(CLASS_NAMES))
 
 

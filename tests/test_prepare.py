@@ -26,7 +26,7 @@ def test_indexes_every_image_with_a_sorted_stratified_split(project):
     assert len(index) == len(images) == 7 * (6 + 2)
     assert images.shape[1:] == (48, 48) and images.dtype == np.uint8
     assert index.equals(index.sort_values(["split", "path"]).reset_index(drop=True))
-    for name in CLASS_NAMES:  # 6 train images per class, val_fraction 0.2 -> 1 val, 5 train
+    for name in CLASS_NAMES:  # 6 train images per class, val_fraction 0.1 -> round(0.6) = 1 val, 5 train
         assert stats["train"][name] == 5 and stats["val"][name] == 1 and stats["test"][name] == 2
     assert stats["test"]["total"] == 14
     assert report == {"undecodable": [], "converted_to_grayscale": [], "resized": [], "dropped_defects": []}
