@@ -45,10 +45,21 @@ def kept_epoch() -> int:
         raise FerError(f"{TRAIN_SUMMARY_FILE} has no usable best_epoch ({err!r}): rerun the train stage") from None
 
 
-def plot_curves(history: pd.DataFrame, best: int, path: Path):
+def step_drops(history: pd.DataFrame) -> list[int]:
+    """Epochs where the LR fell after staying put for an epoch (ReduceLROnPlateau's steps).
+    A schedule that moves the LR every epoch (cosine, one-cycle) has none: its panel shows it."""
     lr = history["train_learning_rate"].to_numpy()
-    drops = history.index[1:][lr[1:] < lr[:-1] * 0.999]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fell = lr[2:] < lr[1:-1] * 0.999
+    was_flat = np.isclose(lr[1:-1], lr[:-2], rtol=1e-6, atol=0)
+    return list(history.index[2:][fell & was_flat])
+
+
+def plot_curves(history: pd.DataFrame, best: int, path: Path):
+    drops = step_drops(history)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), width_ratios=(3, 3, 2))
+    axes[2].plot(history.index, history["train_learning_rate"], color="grey")
+    axes[2].set_title("Learning rate")
+    axes[2].set_xlabel("epoch")
     for ax, metric in zip(axes, ("accuracy", "loss")):
         ax.plot(history.index, history[f"train_{metric}"], label=f"train {metric}")
         ax.plot(history.index, history[f"eval_{metric}"], label=f"val {metric}")

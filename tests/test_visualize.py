@@ -2,6 +2,7 @@
 import json
 
 import matplotlib.axes
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -48,3 +49,29 @@ def test_the_kept_epoch_comes_from_the_train_summary(visualize, tmp_path):
 def test_a_kept_epoch_outside_the_history_is_refused(visualize, tmp_path):
     with pytest.raises(FerError, match="names epoch 9 as kept"):
         visualize.plot_curves(history([1.0, 0.9], [0.5, 0.6]), 9, tmp_path / "curves.png")
+
+
+def with_lr(curves, lr):
+    curves["train_learning_rate"] = lr
+    return curves
+
+
+def test_plateau_steps_are_marked_and_a_cosine_schedule_is_not(visualize):
+    curves = history([1.0] * 8, [0.5] * 8)
+    plateau = [1e-3, 1e-3, 1e-3, 2e-4, 2e-4, 2e-4, 4e-5, 4e-5]
+    assert visualize.step_drops(with_lr(curves, plateau)) == [4, 7]
+    cosine = [1e-3 * (1 + np.cos(np.pi * e / 8)) / 2 for e in range(8)]  # falls every epoch
+    assert visualize.step_drops(with_lr(curves, cosine)) == []
+    assert visualize.step_drops(with_lr(curves, [1e-3] * 8)) == []
+
+
+def test_the_curves_show_the_learning_rate(visualize, tmp_path, monkeypatch):
+    lines, drawn = [], []
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline", lambda self, x, **kw: lines.append(x))
+    original_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, x, y, **kw: drawn.append(list(y)) or original_plot(self, x, y, **kw))
+    plateau = [1e-3, 1e-3, 1e-3, 2e-4, 2e-4, 2e-4]
+    visualize.plot_curves(with_lr(history([1.0] * 6, [0.5] * 6), plateau), 3, tmp_path / "curves.png")
+    assert plateau in drawn
+    assert lines == [4, 4]  # the step, on the accuracy and loss panels
