@@ -47,7 +47,8 @@ def kept_epoch() -> int:
 
 def step_drops(history: pd.DataFrame) -> list[int]:
     """Epochs where the LR fell after staying put for an epoch (ReduceLROnPlateau's steps).
-    A schedule that moves the LR every epoch (cosine, one-cycle) has none: its panel shows it."""
+    A schedule that moves the LR every epoch (cosine, one-cycle) has none: its panel shows it.
+    A fall at epoch 2, or straight after another one (plateau_patience 0), is not marked."""
     lr = history["train_learning_rate"].to_numpy()
     fell = lr[2:] < lr[1:-1] * 0.999
     was_flat = np.isclose(lr[1:-1], lr[:-2], rtol=1e-6, atol=0)

@@ -47,6 +47,7 @@ def test_augmentation_only_acts_on_training_batches():
 def test_crop_takes_random_crops_in_training_and_the_centre_crop_at_inference():
     from ferpipe import CROP_SIZE
 
+    keras.utils.set_random_seed(0)  # before building: the layers take their seeds then; same draws every run
     model = build_model(recipe(width=8, augment={"rotation": 0, "zoom": 0, "flip": False, "crop": True}))
     crop = next(layer for layer in model.layers if layer.__class__.__name__ == "Cropping2D")
     assert crop.output.shape[1:3] == (CROP_SIZE, CROP_SIZE)

@@ -63,6 +63,8 @@ def test_plateau_steps_are_marked_and_a_cosine_schedule_is_not(visualize):
     cosine = [1e-3 * (1 + np.cos(np.pi * e / 8)) / 2 for e in range(8)]  # falls every epoch
     assert visualize.step_drops(with_lr(curves, cosine)) == []
     assert visualize.step_drops(with_lr(curves, [1e-3] * 8)) == []
+    for epochs in (1, 2):  # too short for a step
+        assert visualize.step_drops(with_lr(history([1.0] * epochs, [0.5] * epochs), [1e-3, 2e-4][:epochs])) == []
 
 
 def test_the_curves_show_the_learning_rate(visualize, tmp_path, monkeypatch):
