@@ -40,9 +40,12 @@ def crops_faces(model) -> bool | None:
     """Whether a Keras model centre-crops its input (trained with train.augment.crop); None if unknown (ONNX)."""
     import keras
 
+    from ferpipe.model import members_of
+
     if not isinstance(model, keras.Model):
         return None
-    return any(isinstance(layer, keras.layers.Cropping2D) for layer in model.layers)
+    return all(any(isinstance(layer, keras.layers.Cropping2D) for layer in member.layers)
+               for member in members_of(model))
 
 
 def tta_modes_for(model) -> tuple[str, ...]:

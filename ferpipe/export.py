@@ -8,6 +8,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ferpipe.model import members_of
+
 INPUT_NAME = "pixels"
 
 
@@ -15,17 +17,26 @@ def inference_graph(model: keras.Model) -> keras.Model:
     """The same network in float32 without its augmentation layers (they only act in training).
 
     ONNX export needs a float32 graph, and the random layers would otherwise be traced into it.
-    The trained model is a chain of layers, so it is rebuilt layer by layer with copied weights.
+    Each trained network is a chain of layers, so it is rebuilt layer by layer with copied weights;
+    an ensemble's members are rebuilt side by side and their probabilities averaged again.
     """
-    x = inputs = keras.Input(model.input_shape[1:], name=INPUT_NAME)
-    for layer in model.layers[1:]:
+    inputs = keras.Input(model.input_shape[1:], name=INPUT_NAME)
+    members = members_of(model)
+    outputs = [_float32_chain(member, inputs, prefix=f"{member.name}_" if len(members) > 1 else "")
+               for member in members]
+    x = outputs[0] if len(outputs) == 1 else keras.layers.Average(dtype="float32", name="probabilities")(outputs)
+    return keras.Model(inputs, x, name=f"{model.name}_inference")
+
+
+def _float32_chain(network: keras.Model, x, prefix: str):
+    for layer in network.layers[1:]:
         if layer.__class__.__name__.startswith("Random"):
             continue
-        config = layer.get_config() | {"dtype": "float32"}
+        config = layer.get_config() | {"dtype": "float32", "name": prefix + layer.name}
         clone = layer.__class__.from_config(config)
         x = clone(x)
         clone.set_weights(layer.get_weights())
-    return keras.Model(inputs, x, name=f"{model.name}_inference")
+    return x
 
 
 def export_onnx(model: keras.Model, path) -> keras.Model:
@@ -75,7 +86,7 @@ def quantize_int8(onnx_path, int8_path, calibration: np.ndarray) -> None:
 
 def compute_dtype(model: keras.Model) -> str:
     """The dtype policy its layers compute in (a loaded model reports float32 for itself)."""
-    return next(layer.dtype_policy.name for layer in model.layers if layer.weights)
+    return next(layer.dtype_policy.name for layer in members_of(model)[0].layers if layer.weights)
 
 
 def parity(reference: np.ndarray, exported: np.ndarray, margin: float = 0.1) -> dict:

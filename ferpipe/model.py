@@ -73,7 +73,7 @@ def _vgg_body(x, width, dropout, convs_per_block, head_units):
     return layers.Dropout(dropout)(x)
 
 
-def build_model(train: dict) -> keras.Model:
+def build_model(train: dict, name: str | None = None) -> keras.Model:
     """The network named by train.model, with rescaling to [0,1] and augmentation in front."""
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")  # grayscale 0-255
     x = layers.Rescaling(1 / 255.0, dtype="float32")(inputs)
@@ -83,15 +83,31 @@ def build_model(train: dict) -> keras.Model:
         # Cropping2D, not CenterCrop: after Keras 3.15's CenterCrop, BatchNormalization exported to
         # ONNX normalises with batch statistics (measured: probabilities off by 0.02).
         x = layers.Cropping2D(CROP_MARGIN, dtype="float32")(x)
-    name, width, dropout = train["model"], train["width"], train["dropout"]
-    if name == "seed":
+    network, width, dropout = train["model"], train["width"], train["dropout"]
+    if network == "seed":
         x = _seed_body(x, width, dropout)
-    elif name == "compact":
+    elif network == "compact":
         x = _vgg_body(x, width, dropout, (2, 2, 2, 2), head_units=256)
-    elif name == "vgg":
+    elif network == "vgg":
         x = _vgg_body(x, width, dropout, (2, 2, 3, 3), head_units=512)
     else:
-        raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
+        raise ValueError(f"unknown model {network!r}; choose one of {MODELS}")
     x = layers.Dense(len(CLASS_NAMES))(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=f"fer_{name}")
+    return keras.Model(inputs, outputs, name=name or f"fer_{train['model']}")
+
+
+def ensemble(members: list[keras.Model]) -> keras.Model:
+    """One model whose output is the mean of the members' class probabilities (a lone member is returned
+    as it is). Members need distinct names (build_model's `name`)."""
+    if len(members) == 1:
+        return members[0]
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")
+    outputs = layers.Average(dtype="float32", name="probabilities")([member(inputs) for member in members])
+    return keras.Model(inputs, outputs, name="fer_ensemble")
+
+
+def members_of(model: keras.Model) -> list[keras.Model]:
+    """The networks inside an ensemble() model, or [model] for a single network."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return nested or [model]

@@ -59,6 +59,7 @@ SCHEMA = {
     },
     "train": {
         "model": _choice("seed", "compact", "vgg"),
+        "members": _number(1, 20, integer=True),
         "width": _number(4, 512, integer=True),
         "dropout": _number(0, 0.9),
         "epochs": _number(1, 1000, integer=True),

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from ferpipe import CLASS_NAMES
-from ferpipe.model import build_model
+from ferpipe.model import build_model, ensemble
 
 
 def cpu_name() -> str:
@@ -169,9 +169,9 @@ def compile_model(train: dict) -> keras.Model:
     return model
 
 
-def inference_model(model: keras.Model, train: dict) -> keras.Model:
+def inference_model(model: keras.Model, train: dict, name: str | None = None) -> keras.Model:
     """The trained network without its optimizer state: a third of the file size, all that inference needs."""
-    copy = build_model(train)
+    copy = build_model(train, name)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -369,3 +369,85 @@ def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, res
 def clear_resume_state(directory: Path):
     """Forget an interrupted run's state (a finished run must not leave any behind)."""
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def member_params(train: dict, index: int) -> dict:
+    """The recipe of ensemble member `index` (from 0): its own seed and an equal share of the time budget."""
+    return dict(train, seed=train["seed"] + index, time_budget_minutes=train["time_budget_minutes"] / train["members"])
+
+
+class MemberRun:
+    """One trained member: its inference model, per-epoch logs and wall time."""
+
+    def __init__(self, model, logs: dict, resumed_after: int, seconds: float, seconds_before_resuming: float):
+        self.model, self.logs, self.resumed_after = model, logs, resumed_after
+        self.seconds, self.seconds_before_resuming = seconds, seconds_before_resuming
+
+    @property
+    def epochs(self) -> int:
+        return len(self.logs["val_loss"])
+
+
+def fit_members(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, resume_dir=None):
+    """Fit train['members'] networks in turn (member_params) and average them into one model.
+
+    Returns (model, [MemberRun]). `extra_callbacks` see every member's epochs one after another.
+    With `resume_dir`, each member is checkpointed in its own folder there and a finished member is
+    kept (model and logs), so an interrupted run goes on inside the member it had reached.
+    """
+    runs = []
+    for index in range(train["members"]):
+        member = member_params(train, index)
+        name = f"member_{index + 1}" if train["members"] > 1 else None
+        if train["members"] > 1:
+            print(f"member {index + 1} of {train['members']} (seed {member['seed']})", flush=True)
+        run = _finished_member(resume_dir, index, member, train_data, val_data)
+        if run is not None:
+            print(f"member {index + 1} was finished before the interruption: kept", flush=True)
+            for epoch in range(run.epochs):
+                for callback in extra_callbacks:
+                    callback.on_epoch_end(epoch, {k: v[epoch] for k, v in run.logs.items()})
+        else:
+            start = time.monotonic()
+            model, history = fit(member, train_data, val_data, extra_callbacks=extra_callbacks, verbose=verbose,
+                                 resume_dir=Path(resume_dir) / f"member-{index + 1}" if resume_dir else None)
+            run = MemberRun(inference_model(model, member, name), history.history, history.resumed_after,
+                            time.monotonic() - start, history.seconds_before_resuming)
+            if resume_dir is not None:
+                _keep_finished_member(resume_dir, index, member, train_data, val_data, run)
+        runs.append(run)
+    return ensemble([run.model for run in runs]), runs
+
+
+def _member_files(resume_dir: Path, index: int) -> tuple[Path, Path]:
+    return resume_dir / f"member-{index + 1}.keras", resume_dir / f"member-{index + 1}.json"
+
+
+def _keep_finished_member(resume_dir, index, member, train_data, val_data, run: MemberRun):
+    model_file, record_file = _member_files(Path(resume_dir), index)
+    run.model.save(model_file)
+    _sync(model_file)
+    record = {"fingerprint": fingerprint(member, *train_data, *val_data), "logs": run.logs,
+              "resumed_after": run.resumed_after, "seconds": run.seconds,
+              "seconds_before_resuming": run.seconds_before_resuming}
+    partial = record_file.with_suffix(".json.partial")
+    partial.write_text(json.dumps(record))
+    _sync(partial)
+    os.replace(partial, record_file)  # written last: it vouches for the model file
+    clear_resume_state(Path(resume_dir) / f"member-{index + 1}")
+
+
+def _finished_member(resume_dir, index, member, train_data, val_data) -> MemberRun | None:
+    if resume_dir is None:
+        return None
+    model_file, record_file = _member_files(Path(resume_dir), index)
+    try:
+        record = json.loads(record_file.read_text())
+        if record["fingerprint"] != fingerprint(member, *train_data, *val_data):
+            return None
+        model = keras.saving.load_model(model_file)
+    except Exception:  # absent, from other params or data, or unreadable: train the member again
+        return None
+    # the logs of this process's epochs only: the wall time before the interruption is in seconds_before_resuming
+    return MemberRun(model, record["logs"], record["resumed_after"] + len(record["logs"]["val_loss"]), 0.0,
+                     record["seconds"] + record["seconds_before_resuming"])

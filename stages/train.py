@@ -1,9 +1,10 @@
 """train: fit the CNN named in params (augmentation, LR schedule, early stopping) and save it.
 
-Per-epoch loss, accuracy, val loss, val accuracy and learning rate go to DVCLive
-(metrics/train/); the model of the epoch chosen by train.select_by (lowest val loss or highest
-val accuracy) is saved, without optimizer
-state (7 MB for the default net, small enough for git), to models/model.keras.
+train.members networks are trained in turn, each with its own seed. Per-epoch loss, accuracy,
+val loss, val accuracy and learning rate go to DVCLive (metrics/train/, the members one after
+another); of each member the epoch chosen by train.select_by (lowest val loss or highest val
+accuracy) is kept. The saved model (models/model.keras, without optimizer state: 6 MB a member)
+averages the members' class probabilities.
 After every epoch the run's state goes to models/.resume/, so that an interrupted run
 (Ctrl-C, SIGTERM, SIGKILL, a power cut) goes on from its last completed epoch at the next
 `dvc repro`; a finished run deletes it.
@@ -18,7 +19,8 @@ from dvclive.utils import standardize_metric_name
 
 from ferpipe import params
 from ferpipe.data import PreparedData
-from ferpipe.training import (best_epoch, clear_resume_state, cpu_name, enable_determinism, fit, inference_model,
+from ferpipe.evaluation import predict_probabilities, summarize
+from ferpipe.training import (best_epoch, clear_resume_state, cpu_name, enable_determinism, fit_members,
                               resolve_precision)
 
 PREPARED_DIR = Path("data/prepared")
@@ -47,33 +49,37 @@ def main():
     data = PreparedData(PREPARED_DIR)
     x_train, y_train, _ = data.split("train")
     x_val, y_val, _ = data.split("val")
-    print(f"training {train['model']} (width {train['width']}) on {len(x_train)} images, "
+    members = f"{train['members']} x " if train["members"] > 1 else ""
+    print(f"training {members}{train['model']} (width {train['width']}) on {len(x_train)} images, "
           f"validating on {len(x_val)}; backend {keras.backend.backend()}, "
           f"precision {resolve_precision(train['precision'])}, CPU {cpu_name()}", flush=True)
 
     start = time.monotonic()
     with Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
-        model, history = fit(train, (x_train, y_train), (x_val, y_val), extra_callbacks=[LiveLogger(live)],
-                             resume_dir=RESUME_DIR)
-        val_loss = history.history["val_loss"]
-        best = best_epoch(history.history, train["select_by"])
+        model, runs = fit_members(train, (x_train, y_train), (x_val, y_val), extra_callbacks=[LiveLogger(live)],
+                                  resume_dir=RESUME_DIR)
+        val = summarize(y_val, predict_probabilities(model, x_val, "none", batch_size=256))
         seconds = time.monotonic() - start
-        epochs_here = len(val_loss) - history.resumed_after
+        kept, offset = [], 0
+        for run in runs:
+            kept.append(offset + best_epoch(run.logs, train["select_by"]) + 1)
+            offset += run.epochs
+        images = len(x_train) * sum(run.epochs - run.resumed_after for run in runs)
         live.summary.update({
-            "best_epoch": best + 1,
-            "best_val_loss": val_loss[best],
-            "best_val_accuracy": history.history["val_accuracy"][best],
-            "epochs_run": len(val_loss),
-            "resumed_after_epoch": history.resumed_after,
+            "kept_epochs": kept,  # numbered along the curves, which run through the members in turn
+            "val_accuracy": val["accuracy"],  # the saved model's (members averaged), without TTA
+            "val_loss": val["loss"],
+            "epochs_run": offset,
+            "resumed_after_epoch": sum(run.resumed_after for run in runs),
             "train_minutes": round(seconds / 60, 1),  # of this process, when resumed
-            "train_minutes_total": round((seconds + history.seconds_before_resuming) / 60, 1),
-            "train_images_per_second": round(len(x_train) * epochs_here / seconds, 1) if epochs_here else None,
+            "train_minutes_total": round((seconds + sum(run.seconds_before_resuming for run in runs)) / 60, 1),
+            "train_images_per_second": round(images / sum(run.seconds for run in runs), 1) if images else None,
         })
     MODEL_FILE.parent.mkdir(parents=True, exist_ok=True)
-    inference_model(model, train).save(MODEL_FILE)
+    model.save(MODEL_FILE)
     clear_resume_state(RESUME_DIR)
-    print(f"saved {MODEL_FILE} (weights of epoch {best + 1}, val accuracy "
-          f"{history.history['val_accuracy'][best]:.4f}) after {seconds / 60:.1f} min")
+    print(f"saved {MODEL_FILE} (weights of epoch{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))}; "
+          f"val accuracy {val['accuracy']:.4f} without TTA) after {seconds / 60:.1f} min")
 
 
 if __name__ == "__main__":

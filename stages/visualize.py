@@ -35,14 +35,17 @@ def read_history() -> pd.DataFrame:
     return history
 
 
-def kept_epoch() -> int:
-    """The epoch whose weights the train stage kept (train.select_by), from its summary."""
+def kept_epochs() -> list[int]:
+    """The epochs whose weights the train stage kept (one a member, by train.select_by), from its summary."""
     try:
-        return int(json.loads(TRAIN_SUMMARY_FILE.read_text())["best_epoch"])
+        kept = json.loads(TRAIN_SUMMARY_FILE.read_text())["kept_epochs"]
+        if not kept or not all(isinstance(epoch, int) for epoch in kept):
+            raise ValueError(f"kept_epochs is {kept!r}")
+        return kept
     except FileNotFoundError:
         raise FerError(f"{TRAIN_SUMMARY_FILE} not found: run the train stage first (dvc repro train)") from None
     except (ValueError, KeyError, TypeError) as err:
-        raise FerError(f"{TRAIN_SUMMARY_FILE} has no usable best_epoch ({err!r}): rerun the train stage") from None
+        raise FerError(f"{TRAIN_SUMMARY_FILE} has no usable kept_epochs ({err!r}): rerun the train stage") from None
 
 
 def step_drops(history: pd.DataFrame) -> list[int]:
@@ -55,7 +58,7 @@ def step_drops(history: pd.DataFrame) -> list[int]:
     return list(history.index[2:][fell & was_flat])
 
 
-def plot_curves(history: pd.DataFrame, best: int, path: Path):
+def plot_curves(history: pd.DataFrame, kept: list[int], path: Path):
     drops = step_drops(history)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), width_ratios=(3, 3, 2))
     axes[2].plot(history.index, history["train_learning_rate"], color="grey")
@@ -69,11 +72,13 @@ def plot_curves(history: pd.DataFrame, best: int, path: Path):
         ax.set_xlabel("epoch")
         ax.set_title(metric.capitalize())
         ax.legend()
-    if best not in history.index:
-        raise FerError(f"{TRAIN_SUMMARY_FILE} names epoch {best} as kept, but the history in {HISTORY_DIR} has "
-                       f"epochs {history.index.min()}-{history.index.max()}: rerun the train stage")
+    missing = [epoch for epoch in kept if epoch not in history.index]
+    if missing:
+        raise FerError(f"{TRAIN_SUMMARY_FILE} names epoch {missing[0]} as kept, but the history in {HISTORY_DIR} "
+                       f"has epochs {history.index.min()}-{history.index.max()}: rerun the train stage")
+    label = f"kept (epoch{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))})"
     for ax, metric in zip(axes, ("accuracy", "loss")):
-        ax.scatter([best], [history[f"eval_{metric}"][best]], color="red", zorder=3, label=f"kept (epoch {best})")
+        ax.scatter(kept, history[f"eval_{metric}"].loc[kept], color="red", zorder=3, label=label)
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -151,7 +156,7 @@ def main():
     data = PreparedData(PREPARED_DIR)
     PLOTS_DIR.mkdir(exist_ok=True)
 
-    plot_curves(read_history(), kept_epoch(), PLOTS_DIR / "training_curves.png")
+    plot_curves(read_history(), kept_epochs(), PLOTS_DIR / "training_curves.png")
     train_images, train_labels, _ = data.split("train")
     plot_samples(train_images, train_labels, visualize["sample_images"], rng, PLOTS_DIR / "train_samples.png")
     test_images, _, test_paths = data.split("test")

@@ -68,7 +68,8 @@ def project(tmp_path, fer_tree):
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, dest / name)
-    set_params(dest, **{"prepare.data_root": str(fer_tree), "train.epochs": 1, "train.time_budget_minutes": 0})
+    set_params(dest, **{"prepare.data_root": str(fer_tree), "train.epochs": 1, "train.members": 1,
+                         "train.time_budget_minutes": 0})
     return dest
 
 

@@ -19,7 +19,7 @@ def test_deterministic_runs_give_identical_evaluate_json_and_model(project):
     assert 0 <= evaluate["accuracy"] <= 1
     assert outputs[0][0] == outputs[1][0]
     # the training curves match too (the summary's timing fields aside)
-    for name in ("best_epoch", "best_val_loss", "best_val_accuracy", "epochs_run"):
+    for name in ("kept_epochs", "val_loss", "val_accuracy", "epochs_run"):
         assert json.loads(outputs[0][1])[name] == json.loads(outputs[1][1])[name]
 
 

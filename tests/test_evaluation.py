@@ -154,6 +154,19 @@ def test_ten_crop_is_offered_only_for_a_model_trained_with_crops(crop):
             check_tta(model, mode, "tiny.keras")
 
 
+@pytest.mark.parametrize("crops, expected", [((True, True), True), ((False, False), False), ((True, False), False)])
+def test_an_ensemble_crops_faces_only_if_every_member_does(crops, expected):
+    import keras
+
+    from ferpipe.model import build_model, ensemble
+
+    keras.mixed_precision.set_global_policy("float32")
+    members = [build_model({"model": "compact", "width": 4, "dropout": 0.1,
+                            "augment": {"rotation": 0, "zoom": 0, "flip": False, "translate": 0, "erasing": 0,
+                                        "crop": crop}}, name=f"member_{i}") for i, crop in enumerate(crops)]
+    assert crops_faces(ensemble(members)) is expected
+
+
 def test_a_model_of_unknown_kind_keeps_every_tta_mode():
     assert crops_faces(CountingModel()) is None
     assert tta_modes_for(CountingModel()) == TTA_MODES

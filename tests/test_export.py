@@ -7,7 +7,7 @@ from conftest import load_stage
 from ferpipe import FerError
 from ferpipe.export import export_onnx, inference_graph, parity
 from ferpipe.inference import OnnxModel, load_classifier
-from ferpipe.model import build_model
+from ferpipe.model import build_model, ensemble
 
 AUGMENT = {"rotation": 20, "zoom": 0.2, "flip": True, "translate": 0.1, "erasing": 0.3, "crop": True}
 
@@ -45,6 +45,22 @@ def test_onnx_export_matches_keras(tmp_path):
     assert result["max_probability_difference"] < 1e-5 and result["label_agreement"] == 1.0
     np.testing.assert_allclose(graph.predict(x, verbose=0), onnx_probs, atol=1e-5)
     assert not list(tmp_path.glob("*.partial.onnx"))
+
+
+def test_an_ensemble_exports_to_onnx_with_the_members_averaged(tmp_path):
+    members = []
+    for index in range(2):
+        keras.utils.set_random_seed(index)
+        member = build_model({"model": "compact", "width": 4, "dropout": 0.1, "augment": AUGMENT},
+                             name=f"member_{index + 1}")
+        members.append(member)
+    model = ensemble(members)
+    export_onnx(model, tmp_path / "model.onnx")
+    x = faces()
+    onnx_probs = OnnxModel(tmp_path / "model.onnx").predict(x, batch_size=16)
+    expected = np.mean([member.predict(x, verbose=0) for member in members], axis=0)
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6)
+    np.testing.assert_allclose(onnx_probs, expected, atol=1e-5)
 
 
 def test_parity_measures_differences_and_disagreements():

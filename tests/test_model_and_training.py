@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ferpipe import CLASS_NAMES, training
-from ferpipe.model import build_model
+from ferpipe.model import build_model, members_of
 
 TRAIN = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"]
 
@@ -185,3 +185,46 @@ def test_fit_keeps_the_weights_of_the_epoch_chosen_by_select_by(select_by):
         np.testing.assert_array_equal(kept, recorded)
     other = training.best_epoch(history.history, "val_accuracy" if select_by == "val_loss" else "val_loss")
     assert best != other  # this tiny run's two criteria disagree, so the kept weights tell them apart
+
+
+def test_members_get_their_own_seed_and_an_equal_share_of_the_time_budget():
+    train = recipe(members=3, seed=7)
+    train["time_budget_minutes"] = 90
+    members = [training.member_params(train, index) for index in range(3)]
+    assert [m["seed"] for m in members] == [7, 8, 9]
+    assert [m["time_budget_minutes"] for m in members] == [30, 30, 30]
+    assert train["seed"] == 7 and train["time_budget_minutes"] == 90  # the recipe itself is left as it was
+
+
+def test_an_ensemble_averages_its_members_and_survives_saving(tmp_path):
+    images, labels = tiny_data()
+    train = recipe(width=8, epochs=1, batch_size=16, members=2)
+    seeds = []
+    original_fit = training.fit
+
+    def recording_fit(member, *args, **kwargs):
+        seeds.append(member["seed"])
+        return original_fit(member, *args, **kwargs)
+
+    training.fit, saved_fit = recording_fit, training.fit
+    try:
+        model, runs = training.fit_members(train, (images, labels), tiny_data(14, 1), verbose=0)
+    finally:
+        training.fit = saved_fit
+    assert seeds == [train["seed"], train["seed"] + 1]
+    assert [run.epochs for run in runs] == [1, 1]
+    assert [member.name for member in members_of(model)] == ["member_1", "member_2"]
+    x = training.as_model_input(images)
+    member_probs = [run.model.predict(x, verbose=0) for run in runs]
+    assert not np.allclose(member_probs[0], member_probs[1], atol=1e-3)  # different seeds, different networks
+    np.testing.assert_allclose(model.predict(x, verbose=0), np.mean(member_probs, axis=0), atol=1e-6)
+    model.save(tmp_path / "ensemble.keras")
+    loaded = keras.saving.load_model(tmp_path / "ensemble.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_a_single_member_is_saved_as_a_plain_network():
+    images, labels = tiny_data()
+    model, runs = training.fit_members(recipe(width=8, epochs=1, batch_size=16, members=1), (images, labels),
+                                       tiny_data(14, 1), verbose=0)
+    assert len(runs) == 1 and model is runs[0].model and members_of(model) == [model]

@@ -49,6 +49,8 @@ def with_value(good, dotted, value):
         ("train.label_smoothing", -0.1, "train.label_smoothing"),
         ("train.weight_decay", 1, "train.weight_decay"),
         ("train.width", 2, "train.width"),
+        ("train.members", 0, "train.members: got 0, expected an integer >= 1 and <= 20"),
+        ("train.members", 1.5, "train.members"),
         ("train.time_budget_minutes", -5, "train.time_budget_minutes"),
         ("train.augment.flip", "yes", "train.augment.flip: got 'yes', expected true or false"),
         ("train.augment.rotation", 400, "train.augment.rotation"),

@@ -133,14 +133,17 @@ def test_a_run_interrupted_after_its_last_epoch_ends_with_the_best_weights(tmp_p
         np.testing.assert_array_equal(got, want)
 
 
-KILL_AFTER_EPOCH = """
+KILL_AFTER_EPOCHS = """
 import os, runpy, signal, sys
 import keras
 from ferpipe import training
 
+epochs_seen = []
+
 class Kill(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == {epoch}:
+        epochs_seen.append(epoch)
+        if len(epochs_seen) == {epochs}:
             os.kill(os.getpid(), signal.SIGKILL)
 
 original_fit = training.fit
@@ -155,12 +158,12 @@ runpy.run_path("stages/train.py", run_name="__main__")
 def test_dvc_repro_resumes_a_killed_train_stage_and_leaves_no_state_behind(repo):  # noqa: F811
     set_params(repo, **{"train.epochs": 4, "train.early_stopping_patience": 10})
     dvc(repo, "repro", "prepare")
-    killer = repo / "kill_after_epoch.py"
-    killer.write_text(KILL_AFTER_EPOCH.format(epoch=2))
+    killer = repo / "kill_after_epochs.py"
+    killer.write_text(KILL_AFTER_EPOCHS.format(epochs=2))
     killed = subprocess.run([sys.executable, str(killer)], cwd=repo, env=stage_env(repo), capture_output=True,
                             text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert json.loads((repo / "models/.resume/state.json").read_text())["epochs_done"] == 2
+    assert json.loads((repo / "models/.resume/member-1/state.json").read_text())["epochs_done"] == 2
 
     out = dvc(repo, "repro", "train")
     assert "resuming after epoch 2" in out
@@ -170,3 +173,38 @@ def test_dvc_repro_resumes_a_killed_train_stage_and_leaves_no_state_behind(repo)
     assert [row.split("\t")[0] for row in loss_rows[1:]] == ["0", "1", "2", "3"]  # header, then steps 0-3
     assert not (repo / "models/.resume").exists()
     assert (repo / "models/model.keras").is_file()
+
+
+def test_a_killed_ensemble_keeps_its_finished_member_and_resumes_the_next(repo):  # noqa: F811
+    set_params(repo, **{"train.members": 2, "train.epochs": 3, "train.early_stopping_patience": 10})
+    dvc(repo, "repro", "prepare")
+    killer = repo / "kill_after_epochs.py"
+    killer.write_text(KILL_AFTER_EPOCHS.format(epochs=5))  # member 1's 3 epochs, then 2 of member 2's
+    killed = subprocess.run([sys.executable, str(killer)], cwd=repo, env=stage_env(repo), capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (repo / "models/.resume/member-1.keras").is_file()
+    assert not (repo / "models/.resume/member-1").exists()  # its epoch checkpoints went once it was kept
+    assert json.loads((repo / "models/.resume/member-2/state.json").read_text())["epochs_done"] == 2
+
+    out = dvc(repo, "repro", "train")
+    assert "member 1 was finished before the interruption: kept" in out
+    assert "resuming after epoch 2" in out
+    summary = json.loads((repo / "metrics/train/metrics.json").read_text())
+    assert summary["epochs_run"] == 6 and summary["resumed_after_epoch"] == 5
+    assert len(summary["kept_epochs"]) == 2 and summary["kept_epochs"][1] > 3
+    loss_rows = (repo / "metrics/train/plots/metrics/train/loss.tsv").read_text().strip().splitlines()
+    assert [row.split("\t")[0] for row in loss_rows[1:]] == ["0", "1", "2", "3", "4", "5"]
+    assert not (repo / "models/.resume").exists()
+    model = keras.saving.load_model(repo / "models/model.keras")
+    assert [layer.name for layer in model.layers if isinstance(layer, keras.Model)] == ["member_1", "member_2"]
+
+    # The ensemble goes through the rest of the pipeline like a single network.
+    out = dvc(repo, "repro")
+    assert {"evaluate", "export", "visualize"} <= {s for s in ("evaluate", "export", "visualize")
+                                                   if f"Running stage '{s}'" in out}
+    export = json.loads((repo / "metrics/export.json").read_text())
+    assert export["float32"]["parity"]["max_probability_difference"] < 1e-4
+    assert export["float32"]["parity"]["label_agreement"] == 1.0
+    assert set(json.loads((repo / "metrics/evaluate.json").read_text())["tta"]["test"]) == {
+        "none", "flip", "flip_zoom", "ten_crop"}

@@ -25,30 +25,43 @@ def history(eval_loss, eval_accuracy):
 
 def test_the_kept_epoch_is_marked_even_when_it_is_not_the_lowest_val_loss(visualize, tmp_path, monkeypatch):
     marked = []
-    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", lambda self, x, y, **kw: marked.append((x[0], y[0])))
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter",
+                        lambda self, x, y, **kw: marked.append((list(x), [round(v, 2) for v in y])))
     # val loss is lowest at epoch 2, val accuracy highest at epoch 4 (kept under select_by: val_accuracy)
     curves = history(eval_loss=[1.3, 1.1, 1.2, 1.15], eval_accuracy=[0.50, 0.60, 0.62, 0.65])
-    visualize.plot_curves(curves, 4, tmp_path / "curves.png")
-    assert marked == [(4, 0.65), (4, 1.15)]
+    visualize.plot_curves(curves, [4], tmp_path / "curves.png")
+    assert marked == [([4], [0.65]), ([4], [1.15])]
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
-def test_the_kept_epoch_comes_from_the_train_summary(visualize, tmp_path):
+def test_each_members_kept_epoch_is_marked(visualize, tmp_path, monkeypatch):
+    marked = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter",
+                        lambda self, x, y, **kw: marked.append((list(x), [round(v, 2) for v in y])))
+    # two members of 3 epochs each, one after the other on the curves
+    curves = history(eval_loss=[1.3, 1.1, 1.2, 1.4, 1.0, 1.05], eval_accuracy=[0.50, 0.60, 0.55, 0.45, 0.66, 0.64])
+    visualize.plot_curves(curves, [2, 5], tmp_path / "curves.png")
+    assert marked == [([2, 5], [0.60, 0.66]), ([2, 5], [1.1, 1.0])]
+
+
+def test_the_kept_epochs_come_from_the_train_summary(visualize, tmp_path):
     summary = tmp_path / "metrics" / "train" / "metrics.json"
     with pytest.raises(FerError, match="not found: run the train stage first"):
-        visualize.kept_epoch()
+        visualize.kept_epochs()
     summary.parent.mkdir(parents=True)
-    summary.write_text(json.dumps({"best_epoch": 7, "step": 9}))
-    assert visualize.kept_epoch() == 7
-    for bad in ({"step": 9}, {"best_epoch": None}, "not json"):
+    summary.write_text(json.dumps({"kept_epochs": [7], "step": 9}))
+    assert visualize.kept_epochs() == [7]
+    summary.write_text(json.dumps({"kept_epochs": [7, 15], "step": 19}))
+    assert visualize.kept_epochs() == [7, 15]
+    for bad in ({"step": 9}, {"kept_epochs": None}, {"kept_epochs": []}, {"kept_epochs": [7, "x"]}, "not json"):
         summary.write_text(bad if isinstance(bad, str) else json.dumps(bad))
-        with pytest.raises(FerError, match="no usable best_epoch"):
-            visualize.kept_epoch()
+        with pytest.raises(FerError, match="no usable kept_epochs"):
+            visualize.kept_epochs()
 
 
 def test_a_kept_epoch_outside_the_history_is_refused(visualize, tmp_path):
     with pytest.raises(FerError, match="names epoch 9 as kept"):
-        visualize.plot_curves(history([1.0, 0.9], [0.5, 0.6]), 9, tmp_path / "curves.png")
+        visualize.plot_curves(history([1.0, 0.9], [0.5, 0.6]), [2, 9], tmp_path / "curves.png")
 
 
 def with_lr(curves, lr):
@@ -74,6 +87,6 @@ def test_the_curves_show_the_learning_rate(visualize, tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.axes.Axes, "plot",
                         lambda self, x, y, **kw: drawn.append(list(y)) or original_plot(self, x, y, **kw))
     plateau = [1e-3, 1e-3, 1e-3, 2e-4, 2e-4, 2e-4]
-    visualize.plot_curves(with_lr(history([1.0] * 6, [0.5] * 6), plateau), 3, tmp_path / "curves.png")
+    visualize.plot_curves(with_lr(history([1.0] * 6, [0.5] * 6), plateau), [3], tmp_path / "curves.png")
     assert plateau in drawn
     assert lines == [4, 4]  # the step, on the accuracy and loss panels
