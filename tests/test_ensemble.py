@@ -42,6 +42,16 @@ def test_every_combination_is_scored_and_the_best_on_validation_is_chosen(prepar
     assert "private_test" in pair["test"] and "chosen on validation" in capsys.readouterr().out
 
 
+def test_a_tie_in_validation_accuracy_goes_to_the_lower_validation_loss():
+    def row(name, accuracy, loss):
+        return {"models": [name], "validation": {"accuracy": accuracy, "loss": loss}}
+
+    rows = [row("a", 0.70, 0.85), row("b", 0.69, 0.80), row("a+b", 0.70, 0.83), row("a+c", 0.70, 0.84)]
+    assert ensemble.choose(rows)["models"] == ["a+b"]
+    assert ensemble.choose(rows[:2])["models"] == ["a"]  # accuracy first, loss only between equals
+    assert ensemble.choose([row("a", 0.7, 0.8), row("b", 0.7, 0.8)])["models"] == ["a"]  # full tie: the first
+
+
 @pytest.mark.parametrize("args, message", [
     (["model0.keras"], "at least two different model files"),
     (["model0.keras", "model0.keras"], "at least two different model files"),
