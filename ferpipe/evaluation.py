@@ -8,8 +8,6 @@ from ferpipe.data import TEST_SUBSETS
 
 # flip_zoom's scales, chosen on the validation split (README, "Test-time augmentation").
 ZOOM_OUT, ZOOM_IN = 0.9, 1.1
-# ten_crop's shift: a corner CROP_SIZE crop moved into the centre crop that a crop-trained model sees.
-CROP_SHIFT = CROP_MARGIN
 
 
 def warped(images: np.ndarray, scale: float = 1.0, dx: int = 0, dy: int = 0) -> np.ndarray:
@@ -26,7 +24,8 @@ def warped(images: np.ndarray, scale: float = 1.0, dx: int = 0, dy: int = 0) -> 
 
 
 # Each mode's views as (zoom scale, shift right, shift down, mirrored); their probabilities are averaged.
-_CORNERS = [(dx, dy) for dx in (-CROP_SHIFT, CROP_SHIFT) for dy in (-CROP_SHIFT, CROP_SHIFT)]
+# ten_crop's corners: a corner CROP_SIZE crop moved into the centre crop that a crop-trained model sees.
+_CORNERS = [(dx, dy) for dx in (-CROP_MARGIN, CROP_MARGIN) for dy in (-CROP_MARGIN, CROP_MARGIN)]
 TTA_VIEWS = {
     "none": [(1.0, 0, 0, False)],
     "flip": [(1.0, 0, 0, False), (1.0, 0, 0, True)],

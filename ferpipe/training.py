@@ -410,7 +410,7 @@ def fit_members(train: dict, train_data, val_data, extra_callbacks=(), verbose=N
         else:
             start = time.monotonic()
             model, history = fit(member, train_data, val_data, extra_callbacks=extra_callbacks, verbose=verbose,
-                                 resume_dir=Path(resume_dir) / f"member-{index + 1}" if resume_dir else None)
+                                 resume_dir=_member_paths(resume_dir, index)[0] if resume_dir else None)
             run = MemberRun(inference_model(model, member, name), history.history, history.resumed_after,
                             time.monotonic() - start, history.seconds_before_resuming)
             if resume_dir is not None:
@@ -419,12 +419,14 @@ def fit_members(train: dict, train_data, val_data, extra_callbacks=(), verbose=N
     return ensemble([run.model for run in runs]), runs
 
 
-def _member_files(resume_dir: Path, index: int) -> tuple[Path, Path]:
-    return resume_dir / f"member-{index + 1}.keras", resume_dir / f"member-{index + 1}.json"
+def _member_paths(resume_dir, index: int) -> tuple[Path, Path, Path]:
+    """A member's epoch-checkpoint folder, and its kept model and record once it has finished."""
+    base = Path(resume_dir) / f"member-{index + 1}"
+    return base, base.with_suffix(".keras"), base.with_suffix(".json")
 
 
 def _keep_finished_member(resume_dir, index, member, train_data, val_data, run: MemberRun):
-    model_file, record_file = _member_files(Path(resume_dir), index)
+    checkpoint_dir, model_file, record_file = _member_paths(resume_dir, index)
     run.model.save(model_file)
     _sync(model_file)
     record = {"fingerprint": fingerprint(member, *train_data, *val_data), "logs": run.logs,
@@ -434,13 +436,13 @@ def _keep_finished_member(resume_dir, index, member, train_data, val_data, run: 
     partial.write_text(json.dumps(record))
     _sync(partial)
     os.replace(partial, record_file)  # written last: it vouches for the model file
-    clear_resume_state(Path(resume_dir) / f"member-{index + 1}")
+    clear_resume_state(checkpoint_dir)
 
 
 def _finished_member(resume_dir, index, member, train_data, val_data) -> MemberRun | None:
     if resume_dir is None:
         return None
-    model_file, record_file = _member_files(Path(resume_dir), index)
+    _, model_file, record_file = _member_paths(resume_dir, index)
     try:
         record = json.loads(record_file.read_text())
         if record["fingerprint"] != fingerprint(member, *train_data, *val_data):
