@@ -6,6 +6,7 @@ CROP_SIZE = 44  # train.augment.crop: random 44x44 crops in training, the centre
 CROP_MARGIN = (IMAGE_SIZE - CROP_SIZE) // 2  # pixels between the centre crop and each edge
 # Test-time augmentation: none, the mirror image, mirror x zoom 0.9/1.0/1.1 (6 views), or the
 # centre and four corner 44x44 crops and their mirrors (10 views).
+MODELS = ("seed", "compact", "small", "vgg")  # train.model; see ferpipe.model.build_model
 TTA_MODES = ("none", "flip", "flip_zoom", "ten_crop")
 
 

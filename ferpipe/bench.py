@@ -26,7 +26,7 @@ from ferpipe import IMAGE_SIZE, params as params_module
 from ferpipe.inference import INT8_FILE, KERAS_FILE, ONNX_FILE, OnnxModel
 from ferpipe.training import compile_model, cpu_name, one_hot, set_precision
 
-DEFAULT_WIDTH = {"seed": 64, "compact": 32, "vgg": 64}
+DEFAULT_WIDTH = {"seed": 64, "compact": 32, "small": 16, "vgg": 64}
 
 
 class Timed:

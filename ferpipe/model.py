@@ -4,9 +4,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from ferpipe import CLASS_NAMES, CROP_MARGIN, IMAGE_SIZE
-
-MODELS = ("seed", "compact", "vgg")
+from ferpipe import CLASS_NAMES, CROP_MARGIN, IMAGE_SIZE, MODELS
 
 
 def augmentation(augment: dict) -> list[layers.Layer]:
@@ -88,6 +86,9 @@ def build_model(train: dict, name: str | None = None) -> keras.Model:
         x = _seed_body(x, width, dropout)
     elif network == "compact":
         x = _vgg_body(x, width, dropout, (2, 2, 2, 2), head_units=256)
+    elif network == "small":
+        # compact without the second full-resolution conv, the costliest per multiply-add on a CPU
+        x = _vgg_body(x, width, dropout, (1, 2, 2, 2), head_units=256)
     elif network == "vgg":
         x = _vgg_body(x, width, dropout, (2, 2, 3, 3), head_units=512)
     else:

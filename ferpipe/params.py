@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from ferpipe import TTA_MODES, FerError
+from ferpipe import MODELS, TTA_MODES, FerError
 
 
 class ParamsError(FerError):
@@ -58,7 +58,7 @@ SCHEMA = {
         "drop_defects": _boolean,
     },
     "train": {
-        "model": _choice("seed", "compact", "vgg"),
+        "model": _choice(*MODELS),
         "members": _number(1, 20, integer=True),
         "width": _number(4, 512, integer=True),
         "dropout": _number(0, 0.9),
