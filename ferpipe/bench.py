@@ -4,12 +4,13 @@
 2. inference of the deployed model: faces/s in batches and single-face latency (p50, p99),
    for Keras and for the ONNX export under ONNX Runtime.
 
-    ferpipe bench [--models seed compact vgg] [--train-images 1024] [--rounds 3] [--precision auto]
+    ferpipe bench [--models seed compact small vgg] [--train-images 1024] [--rounds 3] [--precision auto]
                   [--no-training] [--no-inference] [--latency-runs 1000]
 
 Each model of part 1 uses the train params from params.yaml with only `model` (and the width
-that model is sized for) changed. Part 2 uses models/model.keras and models/model.onnx when
-both exist, else a freshly built default model exported to a temporary folder (speed does not
+that model is sized for) changed; when those params crop to 44 px, `seed` is also timed on whole
+48 px faces, as the notebook trains it. Rates come from the median batch time. Part 2 uses
+models/model.keras and models/model.onnx when both exist, else a freshly built default model exported to a temporary folder (speed does not
 depend on the weights). Timings exclude a warm-up pass.
 """
 from __future__ import annotations
@@ -22,35 +23,66 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ferpipe import IMAGE_SIZE, params as params_module
+from ferpipe import IMAGE_SIZE, MODELS, params as params_module
 from ferpipe.inference import INT8_FILE, KERAS_FILE, ONNX_FILE, OnnxModel
 from ferpipe.training import compile_model, cpu_name, one_hot, set_precision
 
 DEFAULT_WIDTH = {"seed": 64, "compact": 32, "small": 16, "vgg": 64}
+SEED_48 = "seed (48 px)"
+
+
+class BatchTimer(keras.callbacks.Callback):
+    """Seconds per training and prediction batch. Whole fit()/predict() calls are not timed: on the
+    2-core machines here their durations jump between levels 2x apart, while batch times are steady."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = {"train": [], "predict": []}
+
+    def _begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def _end(self, kind):
+        self.times[kind].append(time.perf_counter() - self._start)
+
+    on_train_batch_begin = on_predict_batch_begin = _begin
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._end("train")
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self._end("predict")
 
 
 class Timed:
     """One model of part 1: compiled and warmed up once, then timed as often as asked."""
 
+    PREDICT_BATCH = 256
+
     def __init__(self, train: dict, train_images: int, predict_images: int):
         self.model = compile_model(train)
         rng = np.random.default_rng(0)
-        self.x = rng.integers(0, 256, (max(train_images, predict_images), IMAGE_SIZE, IMAGE_SIZE, 1)).astype("float32")
+        self.batch_size = train["batch_size"]
+        # at least two batches each: the first batch of every call is left out (it carries the call's overhead)
+        self.train_images = max(train_images, 2 * self.batch_size)
+        self.predict_images = max(predict_images, 2 * self.PREDICT_BATCH)
+        self.x = rng.integers(0, 256, (max(self.train_images, self.predict_images), IMAGE_SIZE, IMAGE_SIZE, 1)
+                              ).astype("float32")
         self.y = one_hot(rng.integers(0, 7, len(self.x)))
-        self.batch_size, self.train_images, self.predict_images = train["batch_size"], train_images, predict_images
         bs = self.batch_size
         self.model.fit(self.x[: 2 * bs], self.y[: 2 * bs], batch_size=bs, epochs=1, verbose=0)  # compile
-        self.model.predict(self.x[:512], batch_size=256, verbose=0)
+        self.model.predict(self.x[: 2 * self.PREDICT_BATCH], batch_size=self.PREDICT_BATCH, verbose=0)
         self.train_rates, self.predict_rates = [], []
 
     def time_once(self) -> None:
-        n = self.train_images
-        start = time.perf_counter()
-        self.model.fit(self.x[:n], self.y[:n], batch_size=self.batch_size, epochs=1, verbose=0)
-        self.train_rates.append(n / (time.perf_counter() - start))
-        start = time.perf_counter()
-        self.model.predict(self.x[: self.predict_images], batch_size=256, verbose=0)
-        self.predict_rates.append(self.predict_images / (time.perf_counter() - start))
+        """One round: images/s from the median batch time of one fit() and one predict() call."""
+        timer = BatchTimer()
+        self.model.fit(self.x[: self.train_images], self.y[: self.train_images], batch_size=self.batch_size,
+                       epochs=1, verbose=0, callbacks=[timer])
+        self.model.predict(self.x[: self.predict_images], batch_size=self.PREDICT_BATCH, verbose=0,
+                           callbacks=[timer])
+        self.train_rates.append(self.batch_size / float(np.median(timer.times["train"][1:])))
+        self.predict_rates.append(self.PREDICT_BATCH / float(np.median(timer.times["predict"][1:])))
 
     def row(self) -> dict:
         return {"params": self.model.count_params(), "train": float(np.median(self.train_rates)),
@@ -117,7 +149,7 @@ def inference_table(train: dict, faces: int, batch_size: int, runs: int) -> None
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="ferpipe bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["seed", "compact", "vgg"])
+    parser.add_argument("--models", nargs="+", default=["seed", "compact", "small", "vgg"], choices=MODELS)
     parser.add_argument("--train-images", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3, help="timings per model, taken in turn (default 3)")
     parser.add_argument("--predict-images", type=int, default=4096)
@@ -140,31 +172,40 @@ def main(argv=None):
         inference_table(base, args.predict_images, 256, args.latency_runs)
 
 
+def model_recipes(base: dict, models: list[str]) -> dict[str, dict]:
+    """{row name: train params} for part 1: each model with the current params, its width from
+    DEFAULT_WIDTH unless it is the current model. When the params crop to 44 px, `seed` is also timed
+    on whole 48 px faces, as the notebook and the seed reference row train it."""
+    recipes = {}
+    for name in models:
+        width = base["width"] if name == base["model"] else DEFAULT_WIDTH[name]
+        recipes[name] = train = {**base, "model": name, "width": width}
+        if name == "seed" and base["augment"]["crop"]:
+            recipes[SEED_48] = {**train, "augment": {**base["augment"], "crop": False}}
+    return recipes
+
+
 def training_table(base: dict, args) -> None:
     """Every model is timed once per round, the models in turn, so that a change in the machine's
-    speed during the run (seen here: up to 2x) hits them all alike; medians over the rounds."""
-    timed = {}
-    for name in args.models:
-        train = {**base, "model": name, "width": DEFAULT_WIDTH.get(name, base["width"])}
-        if name == base["model"]:
-            train["width"] = base["width"]
-        timed[name] = Timed(train, args.train_images, args.predict_images)
+    speed during the run hits them all alike; medians over the rounds."""
+    timed = {name: Timed(train, args.train_images, args.predict_images)
+             for name, train in model_recipes(base, args.models).items()}
     for round_ in range(1, args.rounds + 1):
-        for name, model in timed.items():
+        for model in timed.values():
             model.time_once()
         print(f"  round {round_}/{args.rounds}: " + ", ".join(
             f"{name} {model.train_rates[-1]:.0f}" for name, model in timed.items()) + " train img/s", flush=True)
     rows = {name: model.row() for name, model in timed.items()}
-    ref = rows.get("seed")
-    print(f"\nmedians of {args.rounds} rounds")
-    print("| model | params | train img/s | (range) | predict img/s | train vs seed | predict vs seed |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    references = [name for name in ("seed", SEED_48) if name in rows]
+    print(f"\nmedians of {args.rounds} rounds (images/s from the median batch time)")
+    ratio_columns = [f"{kind} vs {ref}" for ref in references for kind in ("train", "predict")]
+    print("| " + " | ".join(["model", "params", "train img/s", "(range)", "predict img/s", *ratio_columns]) + " |")
+    print("|---|---:|---:|---:|---:|" + "---:|---:|" * len(references))
     for name, row in rows.items():
-        ratio_t = f"{row['train'] / ref['train']:.2f}x" if ref else "-"
-        ratio_p = f"{row['predict'] / ref['predict']:.2f}x" if ref else "-"
         low, high = row["train_range"]
-        print(f"| {name} | {row['params']:,} | {row['train']:.0f} | {low:.0f}-{high:.0f} | {row['predict']:.0f} "
-              f"| {ratio_t} | {ratio_p} |")
+        ratios = "".join(f" {row['train'] / rows[ref]['train']:.2f}x | {row['predict'] / rows[ref]['predict']:.2f}x |"
+                         for ref in references)
+        print(f"| {name} | {row['params']:,} | {row['train']:.0f} | {low:.0f}-{high:.0f} | {row['predict']:.0f} |" + ratios)
 
 
 if __name__ == "__main__":

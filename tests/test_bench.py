@@ -3,19 +3,37 @@ from ferpipe import bench
 from conftest import REPO
 
 
-def test_bench_prints_a_row_per_model(capsys):
+def test_bench_prints_a_row_per_model_with_ratios_to_seed_at_44_and_48_px(capsys):
     bench.main(["--models", "seed", "compact", "--train-images", "32", "--predict-images", "32", "--rounds", "2",
                 "--precision", "float32", "--no-inference", "--params", str(REPO / "params.yaml")])
     out = capsys.readouterr().out
     assert "CPU:" in out and "| model | params | train img/s | (range) |" in out
     assert "round 1/2: seed" in out and "round 2/2: seed" in out and "medians of 2 rounds" in out
-    rows = [line.split("|") for line in out.splitlines() if line.startswith(("| seed", "| compact"))]
-    assert len(rows) == 2
-    assert rows[0][6].strip() == "1.00x"
-    for row in rows:
+    assert "| train vs seed | predict vs seed | train vs seed (48 px) | predict vs seed (48 px) |" in out
+    rows = {line.split("|")[1].strip(): line.split("|") for line in out.splitlines()
+            if line.startswith(("| seed", "| compact"))}
+    assert list(rows) == ["seed", "seed (48 px)", "compact"]  # params.yaml crops to 44 px
+    assert rows["seed"][6].strip() == "1.00x" and rows["seed (48 px)"][8].strip() == "1.00x"
+    params = {name: int(row[2].replace(",", "")) for name, row in rows.items()}
+    assert params["seed (48 px)"] > params["seed"]  # whole faces: a larger dense layer
+    for row in rows.values():
         low, high = (float(v) for v in row[4].split("-"))
         assert 0 < low <= float(row[3]) <= high     # the median lies within the range of the rounds
+        ratio = float(row[3]) / float(rows["seed"][3])
+        assert row[6].strip() == f"{ratio:.2f}x"
     assert "| runtime |" not in out
+
+
+def test_bench_times_at_least_two_batches_per_call():
+    """The first batch of each call is left out, so a call needs a second one to be timed."""
+    from ferpipe import params
+
+    train = {**params.load(REPO / "params.yaml")["train"], "width": 4, "batch_size": 16, "precision": "float32"}
+    timed = bench.Timed(train, train_images=8, predict_images=8)
+    assert timed.train_images == 32 and timed.predict_images == 2 * bench.Timed.PREDICT_BATCH
+    timed.time_once()
+    assert len(timed.train_rates) == len(timed.predict_rates) == 1
+    assert timed.train_rates[0] > 0 and timed.predict_rates[0] > 0
 
 
 def test_bench_measures_keras_and_onnx_inference(capsys, tmp_path, monkeypatch):
@@ -38,3 +56,11 @@ def test_bench_refuses_counts_below_one(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--rounds", "0"])
     assert exit_info.value.code == 2 and "--rounds must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_unknown_model(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--models", "resnet"])
+    assert exit_info.value.code == 2 and "invalid choice: 'resnet'" in capsys.readouterr().err

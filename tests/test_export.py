@@ -97,7 +97,8 @@ def test_export_stage_without_a_trained_model_says_what_to_run(project):
 
 @pytest.mark.parametrize("limit, failed, kept", [
     ("MAX_PROBABILITY_DIFFERENCE", "model.onnx", "model.int8.onnx"),
-    ("INT8_MAX_PROBABILITY_DIFFERENCE", "model.int8.onnx", "model.onnx"),
+    ("INT8_MIN_DECIDED_AGREEMENT", "model.int8.onnx", "model.onnx"),
+    ("INT8_MAX_ACCURACY_DROP", "model.int8.onnx", "model.onnx"),
 ])
 def test_a_failed_parity_check_removes_only_that_export(project, monkeypatch, limit, failed, kept):
     from conftest import run_stage
@@ -106,7 +107,7 @@ def test_a_failed_parity_check_removes_only_that_export(project, monkeypatch, li
     run_stage(project, "train")
     monkeypatch.chdir(project)
     stage = load_stage(project, "export")
-    monkeypatch.setattr(stage, limit, -1.0)  # no export can pass this
+    monkeypatch.setattr(stage, limit, 2.0 if limit.endswith("AGREEMENT") else -1.0)  # no export can pass this
     with pytest.raises(FerError, match=f"models/{failed} disagrees with Keras"):
         stage.main()
     assert not (project / "models" / failed).exists() and (project / "models" / kept).exists()
