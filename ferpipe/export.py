@@ -90,7 +90,8 @@ def compute_dtype(model: keras.Model) -> str:
 
 
 def parity(reference: np.ndarray, exported: np.ndarray, margin: float = 0.1) -> dict:
-    """Largest probability difference and share of equal labels, overall and where `reference` is decided.
+    """Largest probability difference (and its 99th percentile over images), and the share of equal labels,
+    overall and where `reference` is decided.
 
     'Decided': the reference's top class leads the second by at least `margin`; rounding (int8) may
     flip labels only where two classes are nearly tied.
@@ -98,8 +99,10 @@ def parity(reference: np.ndarray, exported: np.ndarray, margin: float = 0.1) -> 
     top_two = np.sort(reference, axis=1)[:, -2:]
     decided = top_two[:, 1] - top_two[:, 0] >= margin
     same = reference.argmax(axis=1) == exported.argmax(axis=1)
+    per_image = np.abs(reference - exported).max(axis=1)
     return {
-        "max_probability_difference": float(np.abs(reference - exported).max()),
+        "max_probability_difference": float(per_image.max()),
+        "p99_probability_difference": float(np.percentile(per_image, 99)),
         "label_agreement": float(same.mean()),
         f"label_agreement_where_margin_{margin:g}": float(same[decided].mean()) if decided.any() else 1.0,
         f"images_with_margin_{margin:g}": int(decided.sum()),

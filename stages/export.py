@@ -25,11 +25,11 @@ METRICS_FILE = Path("metrics/export.json")
 MAX_PROBABILITY_DIFFERENCE = 1e-4
 MIN_LABEL_AGREEMENT = 0.999
 # int8 rounds weights and activations: labels may flip only where two classes are nearly tied
-# (top-two margin under 0.1); elsewhere they must agree, and test accuracy may not drop. No bound on
-# the largest probability difference: on a few images of a small net it reaches 0.24 (measured
-# for `small`, width 16) while labels and accuracy hold.
+# (top-two margin under 0.1); elsewhere they must agree. Probabilities are bounded on 99% of the
+# images, not all: a small net's int8 export (`small`, width 16) differed by up to 0.24 on a few
+# images while its labels and accuracy held.
+INT8_MAX_P99_PROBABILITY_DIFFERENCE = 0.15
 INT8_MIN_DECIDED_AGREEMENT = 0.99
-INT8_MAX_ACCURACY_DROP = 0.005
 CALIBRATION_IMAGES = 512
 BATCH_SIZE = 256
 
@@ -78,10 +78,10 @@ def main():
     if (float32["parity"]["max_probability_difference"] > MAX_PROBABILITY_DIFFERENCE
             or float32["parity"]["label_agreement"] < MIN_LABEL_AGREEMENT):
         failures.append((ONNX_FILE, f"beyond {MAX_PROBABILITY_DIFFERENCE:g} / {MIN_LABEL_AGREEMENT:.1%} agreement"))
-    if (int8["parity"]["label_agreement_where_margin_0.1"] < INT8_MIN_DECIDED_AGREEMENT
-            or float32["accuracy"] - int8["accuracy"] > INT8_MAX_ACCURACY_DROP):
-        failures.append((INT8_FILE, f"below {INT8_MIN_DECIDED_AGREEMENT:.0%} agreement where the top two classes "
-                                    f"differ by 0.1, or test accuracy {INT8_MAX_ACCURACY_DROP:g} below float32's"))
+    if (int8["parity"]["p99_probability_difference"] > INT8_MAX_P99_PROBABILITY_DIFFERENCE
+            or int8["parity"]["label_agreement_where_margin_0.1"] < INT8_MIN_DECIDED_AGREEMENT):
+        failures.append((INT8_FILE, f"beyond {INT8_MAX_P99_PROBABILITY_DIFFERENCE:g} on 1% of the images or more, or "
+                                    f"below {INT8_MIN_DECIDED_AGREEMENT:.0%} agreement where the top two classes differ by 0.1"))
     for path, _ in failures:
         path.unlink()  # predict must not pick up an export that failed its check
     if failures:

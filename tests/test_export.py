@@ -67,6 +67,7 @@ def test_parity_measures_differences_and_disagreements():
     a = np.array([[0.6, 0.4], [0.2, 0.8], [0.52, 0.48]])
     b = np.array([[0.55, 0.45], [0.6, 0.4], [0.48, 0.52]])
     assert parity(a, b) == {"max_probability_difference": pytest.approx(0.4), "label_agreement": pytest.approx(1 / 3),
+                            "p99_probability_difference": pytest.approx(0.05 + 0.98 * 0.35),  # per image 0.05, 0.4, 0.04
                             "label_agreement_where_margin_0.1": 0.5, "images_with_margin_0.1": 2}
     assert parity(a[2:], b[2:])["label_agreement_where_margin_0.1"] == 1.0  # nothing decided: nothing to disagree
 
@@ -98,7 +99,7 @@ def test_export_stage_without_a_trained_model_says_what_to_run(project):
 @pytest.mark.parametrize("limit, failed, kept", [
     ("MAX_PROBABILITY_DIFFERENCE", "model.onnx", "model.int8.onnx"),
     ("INT8_MIN_DECIDED_AGREEMENT", "model.int8.onnx", "model.onnx"),
-    ("INT8_MAX_ACCURACY_DROP", "model.int8.onnx", "model.onnx"),
+    ("INT8_MAX_P99_PROBABILITY_DIFFERENCE", "model.int8.onnx", "model.onnx"),
 ])
 def test_a_failed_parity_check_removes_only_that_export(project, monkeypatch, limit, failed, kept):
     from conftest import run_stage
