@@ -1,4 +1,6 @@
 """The throughput benchmark: a training row per model with ratios to `seed`, and an inference table."""
+import pytest
+
 from ferpipe import bench
 from conftest import REPO
 
@@ -19,8 +21,8 @@ def test_bench_prints_a_row_per_model_with_ratios_to_seed_at_44_and_48_px(capsys
     for row in rows.values():
         low, high = (float(v) for v in row[4].split("-"))
         assert 0 < low <= float(row[3]) <= high     # the median lies within the range of the rounds
-        ratio = float(row[3]) / float(rows["seed"][3])
-        assert row[6].strip() == f"{ratio:.2f}x"
+        ratio = float(row[3]) / float(rows["seed"][3])  # from the printed (rounded) rates
+        assert float(row[6].strip().rstrip("x")) == pytest.approx(ratio, rel=0.02, abs=0.01)
     assert "| runtime |" not in out
 
 
@@ -51,16 +53,12 @@ def test_bench_measures_keras_and_onnx_inference(capsys, tmp_path, monkeypatch):
 
 
 def test_bench_refuses_counts_below_one(capsys):
-    import pytest
-
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--rounds", "0"])
     assert exit_info.value.code == 2 and "--rounds must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_bench_refuses_an_unknown_model(capsys):
-    import pytest
-
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--models", "resnet"])
     assert exit_info.value.code == 2 and "invalid choice: 'resnet'" in capsys.readouterr().err
