@@ -4,7 +4,7 @@
 2. inference of the deployed model: faces/s in batches and single-face latency (p50, p99),
    for Keras and for the ONNX export under ONNX Runtime.
 
-    ferpipe bench [--models seed compact small vgg] [--train-images 1024] [--rounds 3] [--precision auto]
+    ferpipe bench [--models seed compact small lean vgg] [--train-images 1024] [--rounds 3] [--precision auto]
                   [--no-training] [--no-inference] [--latency-runs 1000]
 
 Each model of part 1 uses the train params from params.yaml with only `model` (and the width
@@ -27,7 +27,7 @@ from ferpipe import IMAGE_SIZE, MODELS, params as params_module
 from ferpipe.inference import INT8_FILE, KERAS_FILE, ONNX_FILE, OnnxModel
 from ferpipe.training import compile_model, cpu_name, one_hot, set_precision
 
-DEFAULT_WIDTH = {"seed": 64, "compact": 32, "small": 16, "vgg": 64}
+DEFAULT_WIDTH = {"seed": 64, "compact": 32, "small": 16, "lean": 16, "vgg": 64}
 SEED_48 = "seed (48 px)"
 
 
@@ -149,7 +149,7 @@ def inference_table(train: dict, faces: int, batch_size: int, runs: int) -> None
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="ferpipe bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["seed", "compact", "small", "vgg"], choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--train-images", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3, help="timings per model, taken in turn (default 3)")
     parser.add_argument("--predict-images", type=int, default=4096)
@@ -169,7 +169,7 @@ def main(argv=None):
     if not args.no_training:
         training_table(base, args)
     if not args.no_inference:
-        inference_table(base, args.predict_images, 256, args.latency_runs)
+        inference_table(base, args.predict_images, Timed.PREDICT_BATCH, args.latency_runs)
 
 
 def model_recipes(base: dict, models: list[str]) -> dict[str, dict]:

@@ -6,31 +6,34 @@ import numpy as np
 from ferpipe import CLASS_NAMES, CROP_MARGIN, IMAGE_SIZE, TTA_MODES, FerError
 from ferpipe.data import TEST_SUBSETS
 
-# flip_zoom's scales, chosen on the validation split (README, "Test-time augmentation").
+# flip_zoom's scales and flip_zoom_rotate's angles, chosen on the validation split (README, "Test-time augmentation").
 ZOOM_OUT, ZOOM_IN = 0.9, 1.1
+ROTATION = 10  # degrees
 
 
-def warped(images: np.ndarray, scale: float = 1.0, dx: int = 0, dy: int = 0) -> np.ndarray:
-    """(n, 48, 48) images scaled about their centre (>1 zooms in), then moved dx pixels right and dy down;
-    edges replicated, as the training augmentation does."""
+def warped(images: np.ndarray, scale: float = 1.0, dx: int = 0, dy: int = 0, angle: float = 0) -> np.ndarray:
+    """(n, 48, 48) images scaled about their centre (>1 zooms in) and turned `angle` degrees anticlockwise,
+    then moved dx pixels right and dy down; edges replicated, as the training augmentation does."""
     import cv2
 
     size = images.shape[-1]
     centre = (size - 1) / 2
-    matrix = cv2.getRotationMatrix2D((centre, centre), 0, scale)
+    matrix = cv2.getRotationMatrix2D((centre, centre), angle, scale)
     matrix[:, 2] += (dx, dy)
     return np.stack([cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_REPLICATE) for image in images])
 
 
-# Each mode's views as (zoom scale, shift right, shift down, mirrored); their probabilities are averaged.
+# Each mode's views as (zoom scale, shift right, shift down, rotation, mirrored); their probabilities are averaged.
 # ten_crop's corners: a corner CROP_SIZE crop moved into the centre crop that a crop-trained model sees.
 _CORNERS = [(dx, dy) for dx in (-CROP_MARGIN, CROP_MARGIN) for dy in (-CROP_MARGIN, CROP_MARGIN)]
 TTA_VIEWS = {
-    "none": [(1.0, 0, 0, False)],
-    "flip": [(1.0, 0, 0, False), (1.0, 0, 0, True)],
-    "flip_zoom": [(scale, 0, 0, mirrored) for mirrored in (False, True) for scale in (1.0, ZOOM_OUT, ZOOM_IN)],
-    "ten_crop": [(1.0, dx, dy, mirrored) for mirrored in (False, True) for dx, dy in [(0, 0), *_CORNERS]],
+    "none": [(1.0, 0, 0, 0, False)],
+    "flip": [(1.0, 0, 0, 0, False), (1.0, 0, 0, 0, True)],
+    "flip_zoom": [(scale, 0, 0, 0, mirrored) for mirrored in (False, True) for scale in (1.0, ZOOM_OUT, ZOOM_IN)],
+    "flip_zoom_rotate": [(scale, 0, 0, angle, mirrored) for mirrored in (False, True)
+                         for scale in (1.0, ZOOM_OUT, ZOOM_IN) for angle in (0, -ROTATION, ROTATION)],
+    "ten_crop": [(1.0, dx, dy, 0, mirrored) for mirrored in (False, True) for dx, dy in [(0, 0), *_CORNERS]],
 }
 assert set(TTA_VIEWS) == set(TTA_MODES)
 
@@ -67,8 +70,8 @@ def probabilities_by_tta(model, images: np.ndarray, batch_size: int, modes=TTA_M
         raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {unknown[0]!r}")
     predicted = {}
     for view in dict.fromkeys(v for mode in modes for v in TTA_VIEWS[mode]):
-        scale, dx, dy, mirrored = view
-        x = images if (scale, dx, dy) == (1.0, 0, 0) or len(images) == 0 else warped(images, scale, dx, dy)
+        scale, dx, dy, angle, mirrored = view
+        x = images if (scale, dx, dy, angle) == (1.0, 0, 0, 0) or len(images) == 0 else warped(images, scale, dx, dy, angle)
         x = x[:, :, ::-1] if mirrored else x
         predicted[view] = np.asarray(model.predict(x.astype("float32")[..., None], batch_size=batch_size,
                                                    verbose=0), dtype="float64")

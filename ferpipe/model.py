@@ -89,6 +89,9 @@ def build_model(train: dict, name: str | None = None) -> keras.Model:
     elif network == "small":
         # compact without the second full-resolution conv, the costliest per multiply-add on a CPU
         x = _vgg_body(x, width, dropout, (1, 2, 2, 2), head_units=256)
+    elif network == "lean":
+        # one conv at 44 and 22 px, three at 11 and 5 px: compact's depth at small's cost (at width 16)
+        x = _vgg_body(x, width, dropout, (1, 1, 3, 3), head_units=256)
     elif network == "vgg":
         x = _vgg_body(x, width, dropout, (2, 2, 3, 3), head_units=512)
     else:

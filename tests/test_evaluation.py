@@ -70,16 +70,20 @@ def test_zoom_in_grows_and_zoom_out_shrinks_a_centred_square_without_black_borde
     assert warped(image, 0.9).min() == 100            # edges replicated, no zero fill
 
 
-def test_flip_zoom_averages_six_views_and_the_modes_share_their_fourteen_predictions():
+def test_flip_zoom_averages_six_views_and_the_modes_share_their_twenty_six_predictions():
     images = np.full((3, 48, 48), 100, np.uint8)
     images[:, 14:34, 14:34] = 200
     model = CountingModel()
     by_tta = probabilities_by_tta(model, images, batch_size=8)
     assert set(by_tta) == set(TTA_MODES)
-    assert model.calls == 14                          # plain, zoom 0.9, zoom 1.1, 4 shifts and their mirrors
+    assert model.calls == 26       # 3 zooms x 3 angles, 4 shifts, and their mirrors
     views = [images, warped(images, 0.9), warped(images, 1.1)]
     expected = np.mean([view.mean(axis=(1, 2)) / 255 for view in views], axis=0)
     assert by_tta["flip_zoom"][:, 0] == pytest.approx(expected)
+    turned = [warped(images, scale, angle=angle) for scale in (1.0, 0.9, 1.1) for angle in (0, -10, 10)]
+    expected = np.mean([view.mean(axis=(1, 2)) / 255 for view in turned], axis=0)
+    assert by_tta["flip_zoom_rotate"][:, 0] == pytest.approx(expected)
+    assert not by_tta["flip_zoom_rotate"][:, 0] == pytest.approx(by_tta["flip_zoom"][:, 0])
     assert by_tta["flip"][:, 0] == pytest.approx(by_tta["none"][:, 0])   # symmetric images
     assert predict_probabilities(model, images, "flip_zoom", 8) == pytest.approx(by_tta["flip_zoom"])
 
@@ -89,7 +93,7 @@ def test_tta_on_no_images_returns_an_empty_array():
 
 
 def test_an_unknown_tta_mode_names_the_allowed_ones():
-    with pytest.raises(ValueError, match="none, flip, flip_zoom, ten_crop.*'five_crop'"):
+    with pytest.raises(ValueError, match="none, flip, flip_zoom, flip_zoom_rotate, ten_crop.*'five_crop'"):
         predict_probabilities(CountingModel(), np.zeros((1, 48, 48), np.uint8), "five_crop", 8)
 
 
@@ -171,3 +175,11 @@ def test_a_model_of_unknown_kind_keeps_every_tta_mode():
     assert crops_faces(CountingModel()) is None
     assert tta_modes_for(CountingModel()) == TTA_MODES
     check_tta(CountingModel(), "ten_crop", "model.onnx")
+
+
+def test_rotation_turns_the_face_about_its_centre():
+    bar = np.zeros((1, 48, 48), np.uint8)
+    bar[0, 23:25, 4:44] = 255                         # horizontal bar through the centre
+    upright = warped(bar, angle=90)
+    assert upright[0, 4:44, 23:25].mean() > 200 and upright[0, 23:25, :10].max() == 0
+    assert (warped(bar, angle=10) != bar).any() and warped(bar, angle=0).tolist() == bar.tolist()

@@ -22,7 +22,8 @@ def recipe(**changes):
 
 
 @pytest.mark.parametrize("name, width, low, high", [("seed", 64, 4.2e6, 4.6e6), ("compact", 32, 1.5e6, 2.0e6),
-                                                    ("small", 16, 4e5, 6e5), ("vgg", 64, 8e6, 12e6)])
+                                                    ("small", 16, 4e5, 6e5), ("lean", 16, 6e5, 9e5),
+                                                    ("vgg", 64, 8e6, 12e6)])
 def test_models_have_the_documented_size_and_output(name, width, low, high):
     model = build_model(recipe(model=name, width=width, augment={"crop": False}))  # sizes documented at 48x48
     assert low < model.count_params() < high

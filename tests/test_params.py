@@ -39,7 +39,7 @@ def with_value(good, dotted, value):
         ("train.epochs", 2.5, "train.epochs: got 2.5, expected an integer"),
         ("train.epochs", 0, "train.epochs"),
         ("train.batch_size", True, "train.batch_size"),
-        ("train.model", "resnet", "train.model: got 'resnet', expected one of 'seed', 'compact', 'small', 'vgg'"),
+        ("train.model", "resnet", "train.model: got 'resnet', expected one of 'seed', 'compact', 'small', 'lean', 'vgg'"),
         ("train.optimizer", "rmsprop", "train.optimizer"),
         ("train.schedule", "step", "train.schedule"),
         ("train.class_weight", "auto", "train.class_weight"),

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from conftest import run_stage, set_params, stage_env
+from ferpipe import TTA_MODES
 
 STAGES = ("prepare", "train", "evaluate", "export", "visualize")
 
@@ -49,7 +50,7 @@ def test_repro_noop_visualize_only_and_experiment(repo, fer_tree):
     assert metrics["public_test"]["images"] == 7 and metrics["private_test"]["images"] == 7
     assert set(metrics["per_class"]) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
     tta = metrics["tta"]
-    assert set(tta["validation"]) == set(tta["test"]) == {"none", "flip", "flip_zoom", "ten_crop"}
+    assert set(tta["validation"]) == set(tta["test"]) == set(TTA_MODES)
     assert tta["test"][tta["used"]]["accuracy"] == metrics["accuracy"]
     assert (repo / "plots/confusion.csv").read_text().startswith("actual,predicted\n")
     for png in ("training_curves", "train_samples", "prediction_grid", "confusion_matrix"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import set_params, stage_env
-from ferpipe import training
+from ferpipe import TTA_MODES, training
 from test_model_and_training import recipe, tiny_data
 from test_pipeline import dvc, repo  # noqa: F401  (repo is a fixture)
 
@@ -206,5 +206,4 @@ def test_a_killed_ensemble_keeps_its_finished_member_and_resumes_the_next(repo):
     export = json.loads((repo / "metrics/export.json").read_text())
     assert export["float32"]["parity"]["max_probability_difference"] < 1e-4
     assert export["float32"]["parity"]["label_agreement"] == 1.0
-    assert set(json.loads((repo / "metrics/evaluate.json").read_text())["tta"]["test"]) == {
-        "none", "flip", "flip_zoom", "ten_crop"}
+    assert set(json.loads((repo / "metrics/evaluate.json").read_text())["tta"]["test"]) == set(TTA_MODES)
