@@ -71,7 +71,8 @@ def parse_args(argv):
     parser.add_argument("--whole", action="store_true", help="classify each image whole, without face detection")
     parser.add_argument("--tta", choices=TTA_MODES, default="flip",
                         help="flip (default): average with the mirrored face; flip_zoom: also with the face "
-                             "zoomed 0.9x and 1.1x and their mirrors (6 views, 3x the work); ten_crop: the centre and four "
+                             "zoomed 0.9x and 1.1x and their mirrors (6 views, 3x the work); flip_zoom_rotate: those 6 "
+                             "turned -10, 0 and +10 degrees (18 views); ten_crop: the centre and four "
                              "corner 44x44 crops and their mirrors (10 views, for models trained with "
                              "train.augment.crop); none: one view")
     args = parser.parse_args(argv)
