@@ -10,8 +10,8 @@
 Each model of part 1 uses the train params from params.yaml with only `model` (and the width
 that model is sized for) changed; when those params crop to 44 px, `seed` is also timed on whole
 48 px faces, as the notebook trains it. Rates come from the median batch time. Part 2 uses
-models/model.keras and models/model.onnx when both exist, else a freshly built default model exported to a temporary folder (speed does not
-depend on the weights). Timings exclude a warm-up pass.
+models/model.keras and models/model.onnx when both exist, else a freshly built default model
+exported to a temporary folder (speed does not depend on the weights). Timings exclude a warm-up pass.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ SEED_48 = "seed (48 px)"
 
 class BatchTimer(keras.callbacks.Callback):
     """Seconds per training and prediction batch. Whole fit()/predict() calls are not timed: on the
-    2-core machines here their durations jump between levels 2x apart, while batch times are steady."""
+    2-core machines here their durations jump between levels 2x apart, while batch times within a call
+    are steady (though for the small nets they too can sit at a slower level for a while: compare runs)."""
 
     def __init__(self):
         super().__init__()
