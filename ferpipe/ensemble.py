@@ -1,6 +1,6 @@
 """Score an ensemble of trained models (their probabilities averaged) on the validation and test splits.
 
-    ferpipe ensemble MODEL.keras MODEL.keras [...] [--tta flip_zoom] [--output FILE]
+    ferpipe ensemble MODEL.keras MODEL.keras [...] [--tta MODE] [--output FILE]
 
 Each model, and every combination of two or more of them, is scored on data/prepared's
 validation split; the combination with the best validation accuracy is the one chosen (ties: the
@@ -8,6 +8,7 @@ lowest validation loss), and the test folder only reports what each did (accurac
 PublicTest / PrivateTest).
 Models trained on other train/val splits than data/prepared's must not have seen its validation
 images (a model trained with `prepare.drop_defects` qualifies: its split is a subset of the default's).
+TTA mode and batch size default to params.yaml's `evaluate` section, as in the evaluate stage.
 Needs data/prepared (run `dvc repro prepare` first).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from ferpipe import TTA_MODES, FerError
+from ferpipe import TTA_MODES, FerError, params as params_module
 
 PREPARED_DIR = Path("data/prepared")
 MAX_MODELS = 8  # 247 combinations
@@ -77,8 +78,9 @@ def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> di
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="ferpipe ensemble", description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", type=Path, help=".keras files (at least two)")
-    parser.add_argument("--tta", choices=TTA_MODES, default="flip_zoom", help="test-time augmentation (default flip_zoom)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: params.yaml's evaluate.tta)")
+    parser.add_argument("--batch-size", type=int, help="prediction batch (default: params.yaml's evaluate.batch_size)")
+    parser.add_argument("--params", default="params.yaml", help="where the defaults come from (default params.yaml)")
     parser.add_argument("--output", type=Path, help="also write every combination's scores as JSON here")
     args = parser.parse_args(argv)
     files = list(dict.fromkeys(args.models))
@@ -89,9 +91,13 @@ def main(argv=None):
     missing = [str(path) for path in files if not path.is_file()]
     if missing:
         parser.error("model file(s) not found: " + ", ".join(missing))
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
+        if args.tta is None or args.batch_size is None:
+            defaults = params_module.load(args.params, ["evaluate"])["evaluate"]
+            args.tta = args.tta or defaults["tta"]
+            args.batch_size = args.batch_size or defaults["batch_size"]
         result = evaluate_ensembles(files, args.tta, args.batch_size)
     except FerError as err:
         print(f"ERROR: {err}", file=sys.stderr)

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import run_stage
+from conftest import run_stage, set_params
 from ferpipe import ensemble
 from ferpipe.data import PreparedData
 from ferpipe.evaluation import predict_probabilities, summarize
@@ -52,11 +52,29 @@ def test_a_tie_in_validation_accuracy_goes_to_the_lower_validation_loss():
     assert ensemble.choose([row("a", 0.7, 0.8), row("b", 0.7, 0.8)])["models"] == ["a"]  # full tie: the first
 
 
+def test_tta_and_batch_size_default_to_the_evaluate_params(prepared_with_models):
+    project, files = prepared_with_models
+    set_params(project, **{"evaluate.tta": "flip", "evaluate.batch_size": 32})
+    assert ensemble.main([*map(str, files[:2]), "--output", "default.json"]) == 0
+    assert json.loads((project / "default.json").read_text())["tta"] == "flip"
+    assert ensemble.main([*map(str, files[:2]), "--tta", "none", "--output", "given.json"]) == 0
+    assert json.loads((project / "given.json").read_text())["tta"] == "none"  # an option beats params.yaml
+
+
+def test_a_bad_evaluate_param_is_reported_when_it_is_the_default(prepared_with_models, capsys):
+    project, files = prepared_with_models
+    set_params(project, **{"evaluate.tta": "mirror"})
+    assert ensemble.main([str(f) for f in files[:2]]) == 2
+    assert "evaluate.tta: got 'mirror'" in capsys.readouterr().err
+    assert ensemble.main([str(f) for f in files[:2]] + ["--tta", "flip", "--batch-size", "64"]) == 0  # not read
+
+
 @pytest.mark.parametrize("args, message", [
     (["model0.keras"], "at least two different model files"),
     (["model0.keras", "model0.keras"], "at least two different model files"),
     (["model0.keras", "nowhere.keras"], "not found: nowhere.keras"),
     (["model0.keras", "model1.keras", "--tta", "tencrop"], "invalid choice"),
+    (["model0.keras", "model1.keras", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
 ])
 def test_bad_arguments_are_refused(prepared_with_models, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
