@@ -104,3 +104,13 @@ def test_stages_write_only_into_data_models_metrics_and_plots(project, tmp_path)
     outside = [p for p in written if p.parts[0] not in ("data", "models", "metrics", "plots")
                and "__pycache__" not in p.parts]
     assert written and outside == []
+
+
+def test_two_members_are_trained_in_turn_and_their_kept_epochs_reported(project):
+    set_params(project, **{"train.members": 2, "train.epochs": 2, "train.model": "small", "train.width": 8})
+    run_stage(project, "prepare")
+    output = run_stage(project, "train").stdout
+    summary = json.loads((project / "metrics/train/metrics.json").read_text())
+    first, second = summary["kept_epochs"]  # numbered along the curves: member 2's epochs are 3 and 4
+    assert summary["epochs_run"] == 4 and first in (1, 2) and second in (3, 4)
+    assert f"weights of epoch {first} of member 1, epoch {second - 2} of member 2;" in output
