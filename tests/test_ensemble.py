@@ -52,13 +52,20 @@ def test_a_tie_in_validation_accuracy_goes_to_the_lower_validation_loss():
     assert ensemble.choose([row("a", 0.7, 0.8), row("b", 0.7, 0.8)])["models"] == ["a"]  # full tie: the first
 
 
-def test_tta_and_batch_size_default_to_the_evaluate_params(prepared_with_models):
+def test_tta_and_batch_size_default_to_the_evaluate_params(prepared_with_models, monkeypatch):
     project, files = prepared_with_models
     set_params(project, **{"evaluate.tta": "flip", "evaluate.batch_size": 32})
+    calls, scored = [], ensemble.evaluate_ensembles
+
+    def recorded(models, tta, batch_size):
+        calls.append((tta, batch_size))
+        return scored(models, tta, batch_size)
+
+    monkeypatch.setattr(ensemble, "evaluate_ensembles", recorded)
     assert ensemble.main([*map(str, files[:2]), "--output", "default.json"]) == 0
     assert json.loads((project / "default.json").read_text())["tta"] == "flip"
-    assert ensemble.main([*map(str, files[:2]), "--tta", "none", "--output", "given.json"]) == 0
-    assert json.loads((project / "given.json").read_text())["tta"] == "none"  # an option beats params.yaml
+    assert ensemble.main([*map(str, files[:2]), "--tta", "none", "--batch-size", "16"]) == 0
+    assert calls == [("flip", 32), ("none", 16)]  # options beat params.yaml
 
 
 def test_a_bad_evaluate_param_is_reported_when_it_is_the_default(prepared_with_models, capsys):
