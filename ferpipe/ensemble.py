@@ -22,7 +22,7 @@ from pathlib import Path
 from ferpipe import TTA_MODES, FerError, params as params_module
 
 PREPARED_DIR = Path("data/prepared")
-MAX_MODELS = 8  # 247 combinations
+MAX_MODELS = 8  # 255 rows scored: 8 single models and 247 combinations
 
 
 def scores(labels, probs, subsets=None) -> dict:
