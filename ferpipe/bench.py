@@ -113,17 +113,19 @@ def deployed_models(train: dict, workdir: Path) -> tuple[dict, str]:
     """{runtime name: model} for the trained model files, or for a fresh default model."""
     from ferpipe.export import compute_dtype, export_onnx, quantize_int8
     from ferpipe.model import build_model
+    from ferpipe.training import member_params
 
     if KERAS_FILE.is_file() and ONNX_FILE.is_file():
         keras_model, onnx_file, int8_file = keras.saving.load_model(KERAS_FILE), ONNX_FILE, INT8_FILE
         origin = ", ".join(str(f) for f in (KERAS_FILE, ONNX_FILE, INT8_FILE) if f.is_file())
     else:
-        keras_model, onnx_file, int8_file = build_model(train), workdir / "model.onnx", workdir / "model.int8.onnx"
+        fresh = member_params(train, 0)  # the first member's network when train.model lists several
+        keras_model, onnx_file, int8_file = build_model(fresh), workdir / "model.onnx", workdir / "model.int8.onnx"
         export_onnx(keras_model, onnx_file)
         noise = np.random.default_rng(0).integers(0, 256, (64, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
         quantize_int8(onnx_file, int8_file, noise)  # calibration data does not change the speed
         missing = " and ".join(str(f) for f in (KERAS_FILE, ONNX_FILE) if not f.is_file())
-        origin = f"a fresh {train['model']} model (width {train['width']}), since {missing} is missing"
+        origin = f"a fresh {fresh['model']} model (width {train['width']}), since {missing} is missing"
     import onnxruntime
 
     models = {f"Keras {keras.__version__} ({compute_dtype(keras_model)})": keras_model,

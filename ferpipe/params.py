@@ -46,6 +46,14 @@ def _boolean(value):
     return None if isinstance(value, bool) else "true or false"
 
 
+def _models(value):
+    """A model name, or a list of names: one per member (train.members)."""
+    names = value if isinstance(value, list) and value else [value]
+    if all(isinstance(name, str) and name in MODELS for name in names):
+        return None
+    return "one of " + ", ".join(repr(m) for m in MODELS) + ", or a list of them (one per member)"
+
+
 def _text(value):
     return None if isinstance(value, str) and value.strip() else "a non-empty string"
 
@@ -58,7 +66,7 @@ SCHEMA = {
         "drop_defects": _boolean,
     },
     "train": {
-        "model": _choice(*MODELS),
+        "model": _models,
         "members": _number(1, 20, integer=True),
         "width": _number(4, 512, integer=True),
         "dropout": _number(0, 0.9),
@@ -121,6 +129,12 @@ def _validate(values, schema, prefix, errors):
                 errors.append(f"{name}: got {values[key]!r}, expected {problem}")
 
 
+def _check_members_models(train, errors):
+    if isinstance(train["model"], list) and len(train["model"]) != train["members"]:
+        errors.append(f"train.model: a list of {len(train['model'])} models needs train.members: "
+                      f"{len(train['model'])} (one model per member), got train.members: {train['members']}")
+
+
 def validate(params: dict, sections=None) -> dict:
     """Check `params` against SCHEMA (every section, or only `sections`); raise ParamsError."""
     schema = SCHEMA if sections is None else {s: SCHEMA[s] for s in sections}
@@ -133,6 +147,8 @@ def validate(params: dict, sections=None) -> dict:
                 errors.append(f"{section}: missing section")
             else:
                 _validate(params[section], schema[section], section, errors)
+    if not errors and "train" in schema:
+        _check_members_models(params["train"], errors)
     if errors:
         raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(errors))
     return params

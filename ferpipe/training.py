@@ -372,8 +372,18 @@ def clear_resume_state(directory: Path):
 
 
 def member_params(train: dict, index: int) -> dict:
-    """The recipe of ensemble member `index` (from 0): its own seed and an equal share of the time budget."""
-    return dict(train, seed=train["seed"] + index, time_budget_minutes=train["time_budget_minutes"] / train["members"])
+    """The recipe of ensemble member `index` (from 0): its own seed, its own model when train.model is a
+    list, and an equal share of the time budget."""
+    model = train["model"][index] if isinstance(train["model"], list) else train["model"]
+    return dict(train, model=model, seed=train["seed"] + index,
+                time_budget_minutes=train["time_budget_minutes"] / train["members"])
+
+
+def describe_models(train: dict) -> str:
+    """'compact', '2 x small' or 'small + lean': the networks train.model and train.members ask for."""
+    if isinstance(train["model"], list):
+        return " + ".join(train["model"])
+    return (f"{train['members']} x " if train["members"] > 1 else "") + train["model"]
 
 
 class MemberRun:
@@ -400,7 +410,7 @@ def fit_members(train: dict, train_data, val_data, extra_callbacks=(), verbose=N
         member = member_params(train, index)
         name = f"member_{index + 1}" if train["members"] > 1 else None
         if train["members"] > 1:
-            print(f"member {index + 1} of {train['members']} (seed {member['seed']})", flush=True)
+            print(f"member {index + 1} of {train['members']} ({member['model']}, seed {member['seed']})", flush=True)
         run = _finished_member(resume_dir, index, member, train_data, val_data)
         if run is not None:
             print(f"member {index + 1} was finished before the interruption: kept", flush=True)

@@ -21,8 +21,8 @@ from dvclive.utils import standardize_metric_name
 from ferpipe import params
 from ferpipe.data import PreparedData
 from ferpipe.evaluation import predict_probabilities, summarize
-from ferpipe.training import (best_epoch, clear_resume_state, cpu_name, enable_determinism, fit_members,
-                              resolve_precision)
+from ferpipe.training import (best_epoch, clear_resume_state, cpu_name, describe_models, enable_determinism,
+                              fit_members, resolve_precision)
 
 PREPARED_DIR = Path("data/prepared")
 LIVE_DIR = Path("metrics/train")
@@ -50,8 +50,7 @@ def main():
     data = PreparedData(PREPARED_DIR)
     x_train, y_train, _ = data.split("train")
     x_val, y_val, _ = data.split("val")
-    members = f"{train['members']} x " if train["members"] > 1 else ""
-    print(f"training {members}{train['model']} (width {train['width']}) on {len(x_train)} images, "
+    print(f"training {describe_models(train)} (width {train['width']}) on {len(x_train)} images, "
           f"validating on {len(x_val)}; backend {keras.backend.backend()}, "
           f"precision {resolve_precision(train['precision'])}, CPU {cpu_name()}", flush=True)
 

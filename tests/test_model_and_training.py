@@ -197,6 +197,16 @@ def test_members_get_their_own_seed_and_an_equal_share_of_the_time_budget():
     assert train["seed"] == 7 and train["time_budget_minutes"] == 90  # the recipe itself is left as it was
 
 
+def test_members_take_their_models_from_a_list_in_turn():
+    train = recipe(members=2)
+    assert [training.member_params(train, i)["model"] for i in range(2)] == [train["model"]] * 2
+    train["model"] = ["small", "lean"]
+    assert [training.member_params(train, i)["model"] for i in range(2)] == ["small", "lean"]
+    assert training.describe_models(train) == "small + lean"
+    assert training.describe_models(recipe(members=2, model="small")) == "2 x small"
+    assert training.describe_models(recipe(model="compact")) == "compact"
+
+
 def test_an_ensemble_averages_its_members_and_survives_saving(tmp_path):
     images, labels = tiny_data()
     train = recipe(width=8, epochs=1, batch_size=16, members=2)

@@ -40,6 +40,9 @@ def with_value(good, dotted, value):
         ("train.epochs", 0, "train.epochs"),
         ("train.batch_size", True, "train.batch_size"),
         ("train.model", "resnet", "train.model: got 'resnet', expected one of 'seed', 'compact', 'small', 'lean', 'vgg'"),
+        ("train.model", ["small", "resnet"], "train.model: got ['small', 'resnet'], expected one of"),
+        ("train.model", [], "train.model: got [], expected one of"),
+        ("train.model", [["small"]], "or a list of them (one per member)"),
         ("train.optimizer", "rmsprop", "train.optimizer"),
         ("train.schedule", "step", "train.schedule"),
         ("train.class_weight", "auto", "train.class_weight"),
@@ -75,6 +78,15 @@ def test_bad_value_is_rejected_with_key_and_rule(good, dotted, value, expected):
     with pytest.raises(params.ParamsError, match=None) as err:
         params.validate(with_value(good, dotted, value))
     assert expected in str(err.value)
+
+
+def test_a_list_of_models_names_one_per_member(good):
+    good["train"].update(model=["small", "lean"], members=2)
+    assert params.validate(good) is good
+    good["train"]["members"] = 3
+    message = str(pytest.raises(params.ParamsError, params.validate, good).value)
+    assert "train.model: a list of 2 models needs train.members: 2 (one model per member), got train.members: 3" \
+        in message
 
 
 def test_unknown_key_is_rejected_naming_allowed_keys(good):

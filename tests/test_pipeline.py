@@ -3,10 +3,13 @@ import json
 import subprocess
 import sys
 
+import keras
 import pytest
+import yaml
 
 from conftest import run_stage, set_params, stage_env
 from ferpipe import TTA_MODES
+from ferpipe.model import build_model, members_of
 
 STAGES = ("prepare", "train", "evaluate", "export", "visualize")
 
@@ -107,9 +110,16 @@ def test_stages_write_only_into_data_models_metrics_and_plots(project, tmp_path)
 
 
 def test_two_members_are_trained_in_turn_and_their_kept_epochs_reported(project):
-    set_params(project, **{"train.members": 2, "train.epochs": 2, "train.model": "small", "train.width": 8})
+    set_params(project, **{"train.members": 2, "train.epochs": 2, "train.model": ["small", "lean"], "train.width": 8})
     run_stage(project, "prepare")
     output = run_stage(project, "train").stdout
+    assert "training small + lean (width 8)" in output
+    assert "member 1 of 2 (small, seed 42)" in output and "member 2 of 2 (lean, seed 43)" in output
+    train = yaml.safe_load((project / "params.yaml").read_text())["train"]
+    saved = keras.saving.load_model(project / "models/model.keras")
+    sizes = [member.count_params() for member in members_of(saved)]
+    assert sizes == [build_model({**train, "model": name}).count_params() for name in ("small", "lean")]
+    assert sizes[0] != sizes[1]
     summary = json.loads((project / "metrics/train/metrics.json").read_text())
     first, second = summary["kept_epochs"]  # numbered along the curves: member 2's epochs are 3 and 4
     assert summary["epochs_run"] == 4 and first in (1, 2) and second in (3, 4)
