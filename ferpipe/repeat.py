@@ -3,12 +3,12 @@
     ferpipe repeat [--runs 3] [--epochs 2] [--train-images 4000] [--modes off on] [--output FILE]
 
 Each run is a fresh process, as `dvc repro` starts one: it trains with the train params of
-params.yaml (only `epochs`, `time_budget_minutes` and `deterministic` changed) on a fixed random
-subset of data/prepared's train split, then scores the val and test splits without TTA. The table
-gives each run's accuracies, training speed and a hash of its final weights; identical hashes mean
-bit-identical runs. All runs use the same seed (train.seed), so the spread comes from the machine
-and backend (kernel scheduling, thread counts), not from seed-to-seed variance. Needs data/prepared
-(run `dvc repro prepare` first).
+params.yaml (only `epochs`, `time_budget_minutes` and `deterministic` changed; one network, the
+first member's when `train.members` > 1) on a fixed random subset of data/prepared's train split,
+then scores the val and test splits without TTA. The table gives each run's accuracies, training
+speed and a hash of its final weights; identical hashes mean bit-identical runs. All runs use the
+same seed (train.seed), so the spread comes from the machine and backend (kernel scheduling, thread
+counts), not from seed-to-seed variance. Needs data/prepared (run `dvc repro prepare` first).
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ def single_run(deterministic: bool, epochs: int, train_images: int) -> dict:
     from ferpipe import params
     from ferpipe.data import PreparedData
     from ferpipe.evaluation import predict_probabilities, summarize
-    from ferpipe.training import cpu_name, fit, resolve_precision
+    from ferpipe.training import cpu_name, fit, member_params, resolve_precision
 
-    train = params.load()["train"]
+    train = member_params(params.load()["train"], 0)
     train.update(epochs=epochs, time_budget_minutes=0, deterministic=deterministic)
     data = PreparedData(PREPARED_DIR)
     splits = {name: data.split(name)[:2] for name in ("train", "val", "test")}
@@ -54,7 +54,8 @@ def single_run(deterministic: bool, epochs: int, train_images: int) -> dict:
     digest = hashlib.sha256()
     for weights in model.get_weights():
         digest.update(np.ascontiguousarray(weights).tobytes())
-    return {"deterministic": deterministic, "backend": keras.backend.backend(),
+    return {"deterministic": deterministic, "model": train["model"], "width": train["width"],
+            "backend": keras.backend.backend(),
             "precision": resolve_precision(train["precision"]), "cpu": cpu_name(),
             "train_images": len(x_train), "epochs": epochs_run, "train_seconds": round(seconds, 1),
             "train_images_per_second": round(len(x_train) * epochs_run / seconds, 1),
@@ -119,7 +120,7 @@ def main(argv=None):
                   f"loss {run['test']['loss']:.4f}, val acc {run['val']['accuracy']:.4f}, "
                   f"{run['train_images_per_second']:.0f} img/s, weights {run['weights_sha256'][:12]}", flush=True)
     first = next(iter(results.values()))[0]
-    print(f"\nup to {args.epochs} epochs on {first['train_images']} train images, same seed in every run, "
+    print(f"\nmodel {first['model']} (width {first['width']}), up to {args.epochs} epochs on {first['train_images']} train images, same seed in every run, "
           f"backend {first['backend']}, precision {first['precision']}, CPU {first['cpu']}")
     for mode, runs in results.items():
         print(spread_line(mode, runs))

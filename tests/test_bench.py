@@ -52,6 +52,17 @@ def test_bench_measures_keras_and_onnx_inference(capsys, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())  # the temporary export is cleaned up
 
 
+def test_bench_exports_the_first_members_network_when_models_are_listed(capsys, tmp_path, monkeypatch):
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update(model=["lean", "small"], members=2, width=8)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    bench.main(["--no-training", "--predict-images", "32", "--latency-runs", "2", "--precision", "float32"])
+    assert "a fresh lean model (width 8)" in capsys.readouterr().out
+
+
 def test_bench_refuses_counts_below_one(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--rounds", "0"])

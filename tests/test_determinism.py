@@ -40,6 +40,15 @@ def test_repeat_reports_the_spread_of_fresh_runs(project):
     assert runs[0]["test"] == runs[1]["test"]
 
 
+def test_repeat_trains_the_first_member_when_models_are_listed(project):
+    set_params(project, **{"train.model": ["small", "lean"], "train.members": 2, "train.width": 8})
+    run_stage(project, "prepare")
+    done = repeat(project, "--runs", "1", "--epochs", "1", "--train-images", "30", "--modes", "off")
+    assert done.returncode == 0, done.stderr
+    assert "model small (width 8), up to 1 epochs" in done.stdout
+    assert "deterministic off: one run (test accuracy" in done.stdout
+
+
 def test_repeat_rejects_bad_arguments_and_missing_data(project):
     done = repeat(project, "--runs", "0")
     assert done.returncode == 2 and "--runs must be at least 1" in done.stderr
