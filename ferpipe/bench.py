@@ -177,11 +177,12 @@ def main(argv=None):
 
 def model_recipes(base: dict, models: list[str]) -> dict[str, dict]:
     """{row name: train params} for part 1: each model with the current params, its width from
-    DEFAULT_WIDTH unless it is the current model. When the params crop to 44 px, `seed` is also timed
-    on whole 48 px faces, as the notebook and the seed reference row train it."""
+    DEFAULT_WIDTH unless train.model names it (alone or in its list). When the params crop to 44 px,
+    `seed` is also timed on whole 48 px faces, as the notebook and the seed reference row train it."""
+    current = base["model"] if isinstance(base["model"], list) else [base["model"]]
     recipes = {}
     for name in models:
-        width = base["width"] if name == base["model"] else DEFAULT_WIDTH[name]
+        width = base["width"] if name in current else DEFAULT_WIDTH[name]
         recipes[name] = train = {**base, "model": name, "width": width}
         if name == "seed" and base["augment"]["crop"]:
             recipes[SEED_48] = {**train, "augment": {**base["augment"], "crop": False}}

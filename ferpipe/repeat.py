@@ -120,8 +120,9 @@ def main(argv=None):
                   f"loss {run['test']['loss']:.4f}, val acc {run['val']['accuracy']:.4f}, "
                   f"{run['train_images_per_second']:.0f} img/s, weights {run['weights_sha256'][:12]}", flush=True)
     first = next(iter(results.values()))[0]
-    print(f"\nmodel {first['model']} (width {first['width']}), up to {args.epochs} epochs on {first['train_images']} train images, same seed in every run, "
-          f"backend {first['backend']}, precision {first['precision']}, CPU {first['cpu']}")
+    print(f"\nmodel {first['model']} (width {first['width']}), up to {args.epochs} epochs on "
+          f"{first['train_images']} train images, same seed in every run, backend {first['backend']}, "
+          f"precision {first['precision']}, CPU {first['cpu']}")
     for mode, runs in results.items():
         print(spread_line(mode, runs))
     return 0

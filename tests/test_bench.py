@@ -63,6 +63,16 @@ def test_bench_exports_the_first_members_network_when_models_are_listed(capsys, 
     assert "a fresh lean model (width 8)" in capsys.readouterr().out
 
 
+def test_bench_times_the_listed_models_at_train_width_and_the_others_at_their_default():
+    from ferpipe import params
+
+    base = {**params.load(REPO / "params.yaml")["train"], "model": ["small", "lean"], "members": 2, "width": 8}
+    recipes = bench.model_recipes(base, ["small", "lean", "compact"])
+    assert {name: recipe["width"] for name, recipe in recipes.items()} == {
+        "small": 8, "lean": 8, "compact": bench.DEFAULT_WIDTH["compact"]}
+    assert all(recipe["model"] == name for name, recipe in recipes.items())
+
+
 def test_bench_refuses_counts_below_one(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--rounds", "0"])
