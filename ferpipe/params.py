@@ -58,6 +58,12 @@ def _text(value):
     return None if isinstance(value, str) and value.strip() else "a non-empty string"
 
 
+def _teacher(value):
+    if value == "none" or (isinstance(value, str) and value.strip().endswith(".keras")):
+        return None
+    return "'none' or the path of a trained Keras model (.keras), e.g. teachers/compact.keras"
+
+
 SCHEMA = {
     "prepare": {
         "data_root": _text,
@@ -93,6 +99,11 @@ SCHEMA = {
             "translate": _number(0, 0.5),
             "erasing": _number(0, 1),
             "crop": _boolean,
+        },
+        "distill": {
+            "teacher": _teacher,
+            "weight": _number(0, 1),
+            "tta": _choice(*TTA_MODES),
         },
     },
     "evaluate": {

@@ -33,7 +33,7 @@ def single_run(deterministic: bool, epochs: int, train_images: int) -> dict:
     from ferpipe import params
     from ferpipe.data import PreparedData
     from ferpipe.evaluation import predict_probabilities, summarize
-    from ferpipe.training import cpu_name, fit, member_params, resolve_precision
+    from ferpipe.training import cpu_name, fit, member_params, resolve_precision, training_targets
 
     train = member_params(params.load()["train"], 0)
     train.update(epochs=epochs, time_budget_minutes=0, deterministic=deterministic)
@@ -43,7 +43,8 @@ def single_run(deterministic: bool, epochs: int, train_images: int) -> dict:
     pick = np.sort(np.random.default_rng(0).permutation(len(x_train))[:train_images])
     x_train, y_train = x_train[pick], y_train[pick]
     start = time.perf_counter()
-    model, history = fit(train, (x_train, y_train), splits["val"], verbose=0)
+    model, history = fit(train, (x_train, y_train), splits["val"], verbose=0,
+                         targets=training_targets(train, x_train, y_train))
     seconds = time.perf_counter() - start
     epochs_run = len(history.history["loss"])  # early stopping may end sooner
     scores = {}

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ferpipe import CLASS_NAMES
+from ferpipe import CLASS_NAMES, FerError
 from ferpipe.model import build_model, ensemble
 
 
@@ -152,6 +152,35 @@ def class_weights(train: dict, labels: np.ndarray) -> dict[int, float] | None:
 
 def one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(len(CLASS_NAMES), dtype="float32")[labels]
+
+
+def training_targets(train: dict, images: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+    """Knowledge distillation (train.distill): the one-hot labels mixed with the teacher's class
+    probabilities on the (un-augmented) training images, weighted by distill.weight; None without a teacher."""
+    distill = train["distill"]
+    if distill["teacher"] == "none":
+        return None
+    from ferpipe.evaluation import check_tta, predict_probabilities
+
+    path = Path(distill["teacher"])
+    if not path.is_file():
+        raise FerError(f"train.distill.teacher: {path} not found; put the trained model there (see README, "
+                       f"'Distillation') or set train.distill.teacher: none")
+    try:
+        teacher = keras.saving.load_model(path, compile=False)
+    except Exception as err:
+        raise FerError(f"train.distill.teacher: {path} is not a readable Keras model ({type(err).__name__}: {err})") \
+            from None
+    check_tta(teacher, distill["tta"], f"the teacher {path}")
+    start = time.monotonic()
+    print(f"distilling from {path}: its {distill['tta']} probabilities on {len(images)} training images, "
+          f"weight {distill['weight']:g}", flush=True)
+    probs = predict_probabilities(teacher, images, distill["tta"], batch_size=256)
+    agree = float(np.mean(probs.argmax(1) == labels))
+    print(f"teacher: {agree:.4f} of the training labels as its first choice ({time.monotonic() - start:.0f} s)",
+          flush=True)
+    weight = distill["weight"]
+    return ((1 - weight) * one_hot(labels) + weight * probs).astype("float32")
 
 
 def as_model_input(images: np.ndarray) -> np.ndarray:
@@ -312,8 +341,9 @@ def fingerprint(train: dict, *arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, resume_dir=None):
-    """Seed, build, compile and fit; returns (model, history). Data are (uint8 images, int labels).
+def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, resume_dir=None, targets=None):
+    """Seed, build, compile and fit; returns (model, history). Data are (uint8 images, int labels);
+    `targets` (training_targets) replaces the training labels' one-hot vectors.
 
     With `resume_dir`, the run is checkpointed there after every epoch, and a run interrupted
     with the same params and data goes on from its last completed epoch; `extra_callbacks` first
@@ -329,7 +359,8 @@ def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, res
     callbacks = schedule_callbacks(train)
     checkpoint = None
     if resume_dir is not None:
-        checkpoint = Checkpoint(resume_dir, fingerprint(train, x_train, y_train, x_val, y_val), *callbacks)
+        checkpoint = Checkpoint(resume_dir, fingerprint(train, x_train, y_train, x_val, y_val, *_given(targets)),
+                                *callbacks)
         callbacks.append(checkpoint)
     resuming = checkpoint is not None and checkpoint.state is not None
     model = checkpoint.resumed_model() if resuming else compile_model(train)
@@ -350,7 +381,7 @@ def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, res
     else:
         history = model.fit(
             as_model_input(x_train),
-            one_hot(y_train),
+            one_hot(y_train) if targets is None else targets,
             validation_data=(as_model_input(x_val), one_hot(y_val)),
             epochs=train["epochs"],
             initial_epoch=checkpoint.epochs_done if checkpoint else 0,
@@ -364,6 +395,10 @@ def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, res
     if checkpoint is not None:
         history.history = checkpoint.logs
     return model, history
+
+
+def _given(*arrays):
+    return tuple(array for array in arrays if array is not None)
 
 
 def clear_resume_state(directory: Path):
@@ -406,12 +441,13 @@ def fit_members(train: dict, train_data, val_data, extra_callbacks=(), verbose=N
     kept (model and logs), so an interrupted run goes on inside the member it had reached.
     """
     runs = []
+    targets = training_targets(train, *train_data)
     for index in range(train["members"]):
         member = member_params(train, index)
         name = f"member_{index + 1}" if train["members"] > 1 else None
         if train["members"] > 1:
             print(f"member {index + 1} of {train['members']} ({member['model']}, seed {member['seed']})", flush=True)
-        run = _finished_member(resume_dir, index, member, train_data, val_data)
+        run = _finished_member(resume_dir, index, member, (*train_data, *_given(targets)), val_data)
         if run is not None:
             print(f"member {index + 1} was finished before the interruption: kept", flush=True)
             for epoch in range(run.epochs):
@@ -420,11 +456,12 @@ def fit_members(train: dict, train_data, val_data, extra_callbacks=(), verbose=N
         else:
             start = time.monotonic()
             model, history = fit(member, train_data, val_data, extra_callbacks=extra_callbacks, verbose=verbose,
-                                 resume_dir=_member_paths(resume_dir, index)[0] if resume_dir else None)
+                                 resume_dir=_member_paths(resume_dir, index)[0] if resume_dir else None,
+                                 targets=targets)
             run = MemberRun(inference_model(model, member, name), history.history, history.resumed_after,
                             time.monotonic() - start, history.seconds_before_resuming)
             if resume_dir is not None:
-                _keep_finished_member(resume_dir, index, member, train_data, val_data, run)
+                _keep_finished_member(resume_dir, index, member, (*train_data, *_given(targets)), val_data, run)
         runs.append(run)
     return ensemble([run.model for run in runs]), runs
 

@@ -13,7 +13,7 @@ import yaml
 from ferpipe import CLASS_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("ferpipe", "stages", "dvc.yaml", "params.yaml", "pyproject.toml")
+PROJECT_FILES = ("ferpipe", "stages", "teachers", "dvc.yaml", "params.yaml", "pyproject.toml")
 
 
 def write_fer_tree(root: Path, train_per_class=6, test_per_class=2, seed=0) -> Path:
@@ -65,7 +65,7 @@ def project(tmp_path, fer_tree):
     for name in PROJECT_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.keras"))
         else:
             shutil.copy(src, dest / name)
     set_params(dest, **{"prepare.data_root": str(fer_tree), "train.epochs": 1, "train.members": 1,

@@ -239,3 +239,64 @@ def test_a_single_member_is_saved_as_a_plain_network():
     model, runs = training.fit_members(recipe(width=8, epochs=1, batch_size=16, members=1), (images, labels),
                                        tiny_data(14, 1), verbose=0)
     assert len(runs) == 1 and model is runs[0].model and members_of(model) == [model]
+
+
+def saved_teacher(path: Path, crop=True) -> Path:
+    keras.utils.set_random_seed(3)
+    build_model(recipe(width=4, augment={"crop": crop})).save(path)
+    return path
+
+
+def test_without_a_teacher_the_targets_are_the_labels():
+    images, labels = tiny_data()
+    assert training.training_targets(recipe(), images, labels) is None
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_distillation_mixes_the_teachers_probabilities_into_the_targets(tmp_path, weight):
+    from ferpipe.evaluation import predict_probabilities
+
+    images, labels = tiny_data()
+    teacher = saved_teacher(tmp_path / "teacher.keras")
+    train = recipe(distill={"teacher": str(teacher), "weight": weight, "tta": "flip"})
+    targets = training.training_targets(train, images, labels)
+    probs = predict_probabilities(keras.saving.load_model(teacher), images, "flip", batch_size=256)
+    assert targets.shape == (len(labels), len(CLASS_NAMES))
+    np.testing.assert_allclose(targets, (1 - weight) * training.one_hot(labels) + weight * probs, atol=1e-6)
+    np.testing.assert_allclose(targets.sum(axis=1), 1, atol=1e-5)
+    assert not np.allclose(probs, training.one_hot(labels), atol=0.05)  # the untrained teacher disagrees
+
+
+def test_fit_members_trains_on_the_distilled_targets(tmp_path, monkeypatch):
+    images, labels = tiny_data()
+    teacher = saved_teacher(tmp_path / "teacher.keras")
+    train = recipe(width=8, epochs=1, batch_size=16, distill={"teacher": str(teacher), "weight": 0.5, "tta": "flip"})
+    seen = []
+    original_fit = keras.Model.fit
+
+    def recording_fit(model, x, y, **kwargs):
+        seen.append(np.array(y))
+        return original_fit(model, x, y, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", recording_fit)
+    training.fit_members(train, (images, labels), tiny_data(14, 1), verbose=0)
+    np.testing.assert_allclose(seen[0], training.training_targets(train, images, labels), atol=1e-6)
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("missing", "teacher.keras not found"),
+    ("garbage", "is not a readable Keras model"),
+    ("ten_crop_without_crops", "tta ten_crop needs a model trained with train.augment.crop: true"),
+])
+def test_a_bad_teacher_is_refused_with_a_clear_message(tmp_path, problem, expected):
+    from ferpipe import FerError
+
+    path, tta = tmp_path / "teacher.keras", "flip"
+    if problem == "garbage":
+        path.write_bytes(b"not a model")
+    elif problem == "ten_crop_without_crops":
+        saved_teacher(path, crop=False)
+        tta = "ten_crop"
+    images, labels = tiny_data()
+    with pytest.raises(FerError, match=expected):
+        training.training_targets(recipe(distill={"teacher": str(path), "weight": 0.5, "tta": tta}), images, labels)

@@ -60,6 +60,13 @@ def with_value(good, dotted, value):
         ("train.augment.zoom", 1.0, "train.augment.zoom"),
         ("train.augment.translate", 0.9, "train.augment.translate"),
         ("train.augment.erasing", 2, "train.augment.erasing"),
+        ("train.distill.teacher", "teachers/compact.h5", "train.distill.teacher: got 'teachers/compact.h5', "
+                                                         "expected 'none' or the path of a trained Keras model"),
+        ("train.distill.teacher", "", "train.distill.teacher"),
+        ("train.distill.teacher", None, "train.distill.teacher"),
+        ("train.distill.weight", 1.5, "train.distill.weight: got 1.5, expected a number >= 0 and <= 1"),
+        ("train.distill.weight", -0.1, "train.distill.weight"),
+        ("train.distill.tta", "five_crop", "train.distill.tta: got 'five_crop', expected one of 'none', 'flip'"),
         ("prepare.val_fraction", 0, "prepare.val_fraction: got 0, expected a number > 0 and <= 0.9"),
         ("prepare.val_fraction", 1.0, "prepare.val_fraction"),
         ("prepare.data_root", "", "prepare.data_root"),

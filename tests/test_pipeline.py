@@ -80,6 +80,12 @@ def test_repro_noop_visualize_only_and_experiment(repo, fer_tree):
     out = dvc(repo, "repro")
     assert stages_run(out) - {"prepare"} == {"visualize"}
 
+    # A teacher model put in (or changed in) teachers/ makes the train stage stale.
+    (repo / "teachers/new.keras").write_bytes(b"a teacher")
+    assert "teachers" in dvc(repo, "status", "train")
+    (repo / "teachers/new.keras").unlink()
+    assert "teachers" not in dvc(repo, "status", "train")
+
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "baseline run")
     out = dvc(repo, "exp", "run", "-S", "train.lr=0.0005")
@@ -124,3 +130,24 @@ def test_two_members_are_trained_in_turn_and_their_kept_epochs_reported(project)
     first, second = summary["kept_epochs"]  # numbered along the curves: member 2's epochs are 3 and 4
     assert summary["epochs_run"] == 4 and first in (1, 2) and second in (3, 4)
     assert f"weights of epoch {first} of member 1, epoch {second - 2} of member 2;" in output
+
+
+def test_train_distils_from_the_teacher_named_in_params(project):
+    set_params(project, **{"train.width": 8})
+    run_stage(project, "prepare")
+    run_stage(project, "train")
+    (project / "models/model.keras").rename(project / "teachers/teacher.keras")
+    set_params(project, **{"train.distill.teacher": "teachers/teacher.keras", "train.distill.tta": "flip"})
+    output = run_stage(project, "train").stdout
+    assert "distilling from teachers/teacher.keras: its flip probabilities on 35 training images, weight 0.5" in output
+    assert "of the training labels as its first choice" in output
+    assert (project / "models/model.keras").is_file()
+
+
+def test_train_with_a_missing_teacher_fails_before_training_with_a_clear_message(project):
+    set_params(project, **{"train.distill.teacher": "teachers/absent.keras"})
+    run_stage(project, "prepare")
+    result = run_stage(project, "train", check=False)
+    assert result.returncode != 0
+    assert "train.distill.teacher: teachers/absent.keras not found" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and not (project / "models/model.keras").exists()
