@@ -25,7 +25,7 @@ import numpy as np
 
 from ferpipe import IMAGE_SIZE, MODELS, params as params_module
 from ferpipe.inference import INT8_FILE, KERAS_FILE, ONNX_FILE, OnnxModel
-from ferpipe.training import compile_model, cpu_name, one_hot, set_precision
+from ferpipe.training import compile_model, cpu_name, member_models, one_hot, set_precision
 
 DEFAULT_WIDTH = {"seed": 64, "compact": 32, "small": 16, "lean": 16, "vgg": 64}
 SEED_48 = "seed (48 px)"
@@ -179,7 +179,7 @@ def model_recipes(base: dict, models: list[str]) -> dict[str, dict]:
     """{row name: train params} for part 1: each model with the current params, its width from
     DEFAULT_WIDTH unless train.model names it (alone or in its list). When the params crop to 44 px,
     `seed` is also timed on whole 48 px faces, as the notebook and the seed reference row train it."""
-    current = base["model"] if isinstance(base["model"], list) else [base["model"]]
+    current = member_models(base)
     recipes = {}
     for name in models:
         width = base["width"] if name in current else DEFAULT_WIDTH[name]

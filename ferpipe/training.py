@@ -406,11 +406,15 @@ def clear_resume_state(directory: Path):
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def member_models(train: dict) -> list[str]:
+    """The network of each member: train.model's list, or its one name train.members times."""
+    return list(train["model"]) if isinstance(train["model"], list) else [train["model"]] * train["members"]
+
+
 def member_params(train: dict, index: int) -> dict:
     """The recipe of ensemble member `index` (from 0): its own seed, its own model when train.model is a
     list, and an equal share of the time budget."""
-    model = train["model"][index] if isinstance(train["model"], list) else train["model"]
-    return dict(train, model=model, seed=train["seed"] + index,
+    return dict(train, model=member_models(train)[index], seed=train["seed"] + index,
                 time_budget_minutes=train["time_budget_minutes"] / train["members"])
 
 

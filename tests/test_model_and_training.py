@@ -203,6 +203,8 @@ def test_members_take_their_models_from_a_list_in_turn():
     train["model"] = ["small", "lean"]
     assert [training.member_params(train, i)["model"] for i in range(2)] == ["small", "lean"]
     assert training.describe_models(train) == "small + lean"
+    assert training.member_models(train) == ["small", "lean"]
+    assert training.member_models(recipe(members=3, model="small")) == ["small"] * 3
     assert training.describe_models(recipe(members=2, model="small")) == "2 x small"
     assert training.describe_models(recipe(model="compact")) == "compact"
 
