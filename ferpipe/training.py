@@ -160,7 +160,7 @@ def training_targets(train: dict, images: np.ndarray, labels: np.ndarray) -> np.
     distill = train["distill"]
     if distill["teacher"] == "none":
         return None
-    from ferpipe.evaluation import check_tta, predict_probabilities
+    from ferpipe.evaluation import TTA_VIEWS, check_tta, predict_probabilities
 
     path = Path(distill["teacher"])
     if not path.is_file():
@@ -173,7 +173,9 @@ def training_targets(train: dict, images: np.ndarray, labels: np.ndarray) -> np.
             from None
     check_tta(teacher, distill["tta"], f"the teacher {path}")
     start = time.monotonic()
-    print(f"distilling from {path}: its {distill['tta']} probabilities on {len(images)} training images, "
+    views = len(TTA_VIEWS[distill["tta"]])
+    print(f"distilling from {path}: its {distill['tta']} probabilities on {len(images)} training images "
+          f"({views} view{'s' if views > 1 else ''} of each, predicted once before training), "
           f"weight {distill['weight']:g}", flush=True)
     probs = predict_probabilities(teacher, images, distill["tta"], batch_size=256)
     agree = float(np.mean(probs.argmax(1) == labels))
@@ -332,9 +334,10 @@ CODE_FILES = (Path(__file__), Path(__file__).with_name("model.py"))
 
 def fingerprint(train: dict, *arrays: np.ndarray) -> str:
     """What must not change between an interrupted run and its resumption: params, data, the model
-    and training code, Keras and its backend."""
+    and training code, Keras and its backend, the distillation teacher."""
     digest = hashlib.sha256(json.dumps([train, keras.backend.backend(), keras.__version__], sort_keys=True).encode())
-    for path in CODE_FILES:
+    teacher = train.get("distill", {}).get("teacher", "none")
+    for path in (*CODE_FILES, *([Path(teacher)] if teacher != "none" else [])):
         digest.update(path.read_bytes())
     for array in arrays:
         digest.update(np.ascontiguousarray(array).tobytes())
@@ -359,8 +362,7 @@ def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, res
     callbacks = schedule_callbacks(train)
     checkpoint = None
     if resume_dir is not None:
-        checkpoint = Checkpoint(resume_dir, fingerprint(train, x_train, y_train, x_val, y_val, *_given(targets)),
-                                *callbacks)
+        checkpoint = Checkpoint(resume_dir, fingerprint(train, x_train, y_train, x_val, y_val), *callbacks)
         callbacks.append(checkpoint)
     resuming = checkpoint is not None and checkpoint.state is not None
     model = checkpoint.resumed_model() if resuming else compile_model(train)
@@ -395,10 +397,6 @@ def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, res
     if checkpoint is not None:
         history.history = checkpoint.logs
     return model, history
-
-
-def _given(*arrays):
-    return tuple(array for array in arrays if array is not None)
 
 
 def clear_resume_state(directory: Path):
@@ -451,7 +449,7 @@ def fit_members(train: dict, train_data, val_data, extra_callbacks=(), verbose=N
         name = f"member_{index + 1}" if train["members"] > 1 else None
         if train["members"] > 1:
             print(f"member {index + 1} of {train['members']} ({member['model']}, seed {member['seed']})", flush=True)
-        run = _finished_member(resume_dir, index, member, (*train_data, *_given(targets)), val_data)
+        run = _finished_member(resume_dir, index, member, train_data, val_data)
         if run is not None:
             print(f"member {index + 1} was finished before the interruption: kept", flush=True)
             for epoch in range(run.epochs):
@@ -465,7 +463,7 @@ def fit_members(train: dict, train_data, val_data, extra_callbacks=(), verbose=N
             run = MemberRun(inference_model(model, member, name), history.history, history.resumed_after,
                             time.monotonic() - start, history.seconds_before_resuming)
             if resume_dir is not None:
-                _keep_finished_member(resume_dir, index, member, (*train_data, *_given(targets)), val_data, run)
+                _keep_finished_member(resume_dir, index, member, train_data, val_data, run)
         runs.append(run)
     return ensemble([run.model for run in runs]), runs
 

@@ -302,3 +302,12 @@ def test_a_bad_teacher_is_refused_with_a_clear_message(tmp_path, problem, expect
     images, labels = tiny_data()
     with pytest.raises(FerError, match=expected):
         training.training_targets(recipe(distill={"teacher": str(path), "weight": 0.5, "tta": tta}), images, labels)
+
+
+def test_an_interrupted_run_is_not_resumed_with_another_teacher(tmp_path):
+    teacher = saved_teacher(tmp_path / "teacher.keras")
+    train = recipe(distill={"teacher": str(teacher), "weight": 0.5, "tta": "flip"})
+    before = training.fingerprint(train)
+    assert training.fingerprint(train) == before
+    saved_teacher(teacher, crop=False)  # same path, another model
+    assert training.fingerprint(train) != before

@@ -139,7 +139,8 @@ def test_train_distils_from_the_teacher_named_in_params(project):
     (project / "models/model.keras").rename(project / "teachers/teacher.keras")
     set_params(project, **{"train.distill.teacher": "teachers/teacher.keras", "train.distill.tta": "flip"})
     output = run_stage(project, "train").stdout
-    assert "distilling from teachers/teacher.keras: its flip probabilities on 35 training images, weight 0.5" in output
+    assert ("distilling from teachers/teacher.keras: its flip probabilities on 35 training images (2 views of each, "
+            "predicted once before training), weight 0.5") in output
     assert "of the training labels as its first choice" in output
     assert (project / "models/model.keras").is_file()
 
