@@ -59,9 +59,14 @@ def _text(value):
 
 
 def _teacher(value):
-    if value == "none" or (isinstance(value, str) and value.strip().endswith(".keras")):
+    """'none', or a .keras file inside teachers/ (the folder the train stage depends on)."""
+    if value == "none":
         return None
-    return "'none' or the path of a trained Keras model (.keras), e.g. teachers/compact.keras"
+    parts = value.split("/") if isinstance(value, str) else []
+    if len(parts) >= 2 and parts[0] == "teachers" and value.endswith(".keras") and value == value.strip() \
+            and ".." not in parts and "" not in parts:
+        return None
+    return "'none' or a trained Keras model inside teachers/, e.g. teachers/compact.keras (DVC tracks that folder)"
 
 
 SCHEMA = {

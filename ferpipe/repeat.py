@@ -33,7 +33,8 @@ def single_run(deterministic: bool, epochs: int, train_images: int) -> dict:
     from ferpipe import params
     from ferpipe.data import PreparedData
     from ferpipe.evaluation import predict_probabilities, summarize
-    from ferpipe.training import cpu_name, fit, member_params, resolve_precision, training_targets
+    from ferpipe.training import (cpu_name, enable_determinism, fit, member_params, resolve_precision,
+                                  training_targets)
 
     train = member_params(params.load()["train"], 0)
     train.update(epochs=epochs, time_budget_minutes=0, deterministic=deterministic)
@@ -42,9 +43,11 @@ def single_run(deterministic: bool, epochs: int, train_images: int) -> dict:
     x_train, y_train = splits["train"]
     pick = np.sort(np.random.default_rng(0).permutation(len(x_train))[:train_images])
     x_train, y_train = x_train[pick], y_train[pick]
+    if deterministic:
+        enable_determinism()  # before the teacher's predictions (distillation), which fit() would not cover
+    targets = training_targets(train, x_train, y_train)  # not timed: training is
     start = time.perf_counter()
-    model, history = fit(train, (x_train, y_train), splits["val"], verbose=0,
-                         targets=training_targets(train, x_train, y_train))
+    model, history = fit(train, (x_train, y_train), splits["val"], verbose=0, targets=targets)
     seconds = time.perf_counter() - start
     epochs_run = len(history.history["loss"])  # early stopping may end sooner
     scores = {}

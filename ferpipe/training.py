@@ -154,15 +154,21 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(len(CLASS_NAMES), dtype="float32")[labels]
 
 
+def teacher_path(train: dict) -> Path | None:
+    """The distillation teacher's file (train.distill.teacher), or None when distillation is off."""
+    teacher = train["distill"]["teacher"]
+    return None if teacher == "none" else Path(teacher)
+
+
 def training_targets(train: dict, images: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
     """Knowledge distillation (train.distill): the one-hot labels mixed with the teacher's class
-    probabilities on the (un-augmented) training images, weighted by distill.weight; None without a teacher."""
-    distill = train["distill"]
-    if distill["teacher"] == "none":
+    probabilities on the training images (without training augmentation, with the views of
+    distill.tta), weighted by distill.weight; None without a teacher."""
+    path, distill = teacher_path(train), train["distill"]
+    if path is None:
         return None
     from ferpipe.evaluation import TTA_VIEWS, check_tta, predict_probabilities
 
-    path = Path(distill["teacher"])
     if not path.is_file():
         raise FerError(f"train.distill.teacher: {path} not found; put the trained model there (see README, "
                        f"'Distillation') or set train.distill.teacher: none")
@@ -171,7 +177,13 @@ def training_targets(train: dict, images: np.ndarray, labels: np.ndarray) -> np.
     except Exception as err:
         raise FerError(f"train.distill.teacher: {path} is not a readable Keras model ({type(err).__name__}: {err})") \
             from None
-    check_tta(teacher, distill["tta"], f"the teacher {path}")
+    if tuple(teacher.output_shape) != (None, len(CLASS_NAMES)):
+        raise FerError(f"train.distill.teacher: {path} outputs {teacher.output_shape}, not probabilities of the "
+                       f"{len(CLASS_NAMES)} classes; use a model trained by this pipeline")
+    try:
+        check_tta(teacher, distill["tta"], f"the teacher {path}")
+    except FerError as err:
+        raise FerError(f"train.distill.tta: {err}") from None
     start = time.monotonic()
     views = len(TTA_VIEWS[distill["tta"]])
     print(f"distilling from {path}: its {distill['tta']} probabilities on {len(images)} training images "
@@ -336,8 +348,8 @@ def fingerprint(train: dict, *arrays: np.ndarray) -> str:
     """What must not change between an interrupted run and its resumption: params, data, the model
     and training code, Keras and its backend, the distillation teacher."""
     digest = hashlib.sha256(json.dumps([train, keras.backend.backend(), keras.__version__], sort_keys=True).encode())
-    teacher = train.get("distill", {}).get("teacher", "none")
-    for path in (*CODE_FILES, *([Path(teacher)] if teacher != "none" else [])):
+    teacher = teacher_path(train)
+    for path in (*CODE_FILES, *([teacher] if teacher else [])):
         digest.update(path.read_bytes())
     for array in arrays:
         digest.update(np.ascontiguousarray(array).tobytes())
@@ -388,7 +400,7 @@ def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, res
             epochs=train["epochs"],
             initial_epoch=checkpoint.epochs_done if checkpoint else 0,
             batch_size=train["batch_size"],
-            class_weight=class_weights(train, y_train),
+            **_weighting(class_weights(train, y_train), y_train, targets),
             callbacks=[*callbacks, *extra_callbacks],
             verbose=verbose,
         )
@@ -397,6 +409,14 @@ def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, res
     if checkpoint is not None:
         history.history = checkpoint.logs
     return model, history
+
+
+def _weighting(weights: dict | None, labels: np.ndarray, targets) -> dict:
+    """fit()'s class weighting. Keras weights an image by its target's argmax, which for a distilled
+    target can be the teacher's class: then weight each image by its label's class instead."""
+    if weights is None or targets is None:
+        return {"class_weight": weights}
+    return {"sample_weight": np.array([weights[label] for label in labels], dtype="float32")}
 
 
 def clear_resume_state(directory: Path):

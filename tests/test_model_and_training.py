@@ -269,26 +269,40 @@ def test_distillation_mixes_the_teachers_probabilities_into_the_targets(tmp_path
     assert not np.allclose(probs, training.one_hot(labels), atol=0.05)  # the untrained teacher disagrees
 
 
-def test_fit_members_trains_on_the_distilled_targets(tmp_path, monkeypatch):
+@pytest.mark.parametrize("class_weight", ["none", "balanced"])
+def test_every_member_trains_on_the_distilled_targets(tmp_path, monkeypatch, class_weight):
     images, labels = tiny_data()
+    labels[:20] = 0  # an imbalance, so that balanced class weights differ between classes
     teacher = saved_teacher(tmp_path / "teacher.keras")
-    train = recipe(width=8, epochs=1, batch_size=16, distill={"teacher": str(teacher), "weight": 0.5, "tta": "flip"})
-    seen = []
+    train = recipe(width=8, epochs=1, batch_size=16, members=2, class_weight=class_weight,
+                   distill={"teacher": str(teacher), "weight": 1.0, "tta": "flip"})
+    calls = []
     original_fit = keras.Model.fit
 
     def recording_fit(model, x, y, **kwargs):
-        seen.append(np.array(y))
+        calls.append((np.array(y), kwargs))
         return original_fit(model, x, y, **kwargs)
 
     monkeypatch.setattr(keras.Model, "fit", recording_fit)
     training.fit_members(train, (images, labels), tiny_data(14, 1), verbose=0)
-    np.testing.assert_allclose(seen[0], training.training_targets(train, images, labels), atol=1e-6)
+    targets = training.training_targets(train, images, labels)
+    assert len(calls) == 2
+    for y, kwargs in calls:
+        np.testing.assert_allclose(y, targets, atol=1e-6)
+        if class_weight == "none":
+            assert kwargs.get("class_weight") is None and kwargs.get("sample_weight") is None
+        else:  # by each image's label, even where the teacher's class outweighs it in the target
+            weights = training.class_weights(train, labels)
+            assert kwargs.get("class_weight") is None
+            np.testing.assert_allclose(kwargs["sample_weight"], [weights[label] for label in labels])
+            assert (targets.argmax(1) != labels).any()
 
 
 @pytest.mark.parametrize("problem, expected", [
     ("missing", "teacher.keras not found"),
     ("garbage", "is not a readable Keras model"),
-    ("ten_crop_without_crops", "tta ten_crop needs a model trained with train.augment.crop: true"),
+    ("ten_crop_without_crops", "train.distill.tta: tta ten_crop needs a model trained with train.augment.crop: true"),
+    ("three_classes", r"outputs \(None, 3\), not probabilities of the 7 classes"),
 ])
 def test_a_bad_teacher_is_refused_with_a_clear_message(tmp_path, problem, expected):
     from ferpipe import FerError
@@ -299,6 +313,9 @@ def test_a_bad_teacher_is_refused_with_a_clear_message(tmp_path, problem, expect
     elif problem == "ten_crop_without_crops":
         saved_teacher(path, crop=False)
         tta = "ten_crop"
+    elif problem == "three_classes":
+        inputs = keras.Input((48, 48, 1))
+        keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))).save(path)
     images, labels = tiny_data()
     with pytest.raises(FerError, match=expected):
         training.training_targets(recipe(distill={"teacher": str(path), "weight": 0.5, "tta": tta}), images, labels)

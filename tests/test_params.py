@@ -61,7 +61,12 @@ def with_value(good, dotted, value):
         ("train.augment.translate", 0.9, "train.augment.translate"),
         ("train.augment.erasing", 2, "train.augment.erasing"),
         ("train.distill.teacher", "teachers/compact.h5", "train.distill.teacher: got 'teachers/compact.h5', "
-                                                         "expected 'none' or the path of a trained Keras model"),
+                                                         "expected 'none' or a trained Keras model inside teachers/"),
+        ("train.distill.teacher", "models/model.keras", "train.distill.teacher: got 'models/model.keras'"),
+        ("train.distill.teacher", "/tmp/teacher.keras", "train.distill.teacher"),
+        ("train.distill.teacher", "teachers/../models/model.keras", "train.distill.teacher"),
+        ("train.distill.teacher", " teachers/compact.keras", "train.distill.teacher"),
+        ("train.distill.teacher", "teachers/", "train.distill.teacher"),
         ("train.distill.teacher", "", "train.distill.teacher"),
         ("train.distill.teacher", None, "train.distill.teacher"),
         ("train.distill.weight", 1.5, "train.distill.weight: got 1.5, expected a number >= 0 and <= 1"),

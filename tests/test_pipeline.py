@@ -80,7 +80,7 @@ def test_repro_noop_visualize_only_and_experiment(repo, fer_tree):
     out = dvc(repo, "repro")
     assert stages_run(out) - {"prepare"} == {"visualize"}
 
-    # A teacher model put in (or changed in) teachers/ makes the train stage stale.
+    # Any file put in (or changed in) teachers/ makes the train stage stale, distilling or not.
     (repo / "teachers/new.keras").write_bytes(b"a teacher")
     assert "teachers" in dvc(repo, "status", "train")
     (repo / "teachers/new.keras").unlink()
