@@ -133,11 +133,11 @@ def test_two_members_are_trained_in_turn_and_their_kept_epochs_reported(project)
 
 
 def test_train_distils_from_the_teacher_named_in_params(project):
-    set_params(project, **{"train.width": 8})
+    train = yaml.safe_load((project / "params.yaml").read_text())["train"]
+    build_model({**train, "width": 4}).save(project / "teachers/teacher.keras")  # untrained: any model will do
+    set_params(project, **{"train.width": 8, "train.distill.teacher": "teachers/teacher.keras",
+                           "train.distill.tta": "flip"})
     run_stage(project, "prepare")
-    run_stage(project, "train")
-    (project / "models/model.keras").rename(project / "teachers/teacher.keras")
-    set_params(project, **{"train.distill.teacher": "teachers/teacher.keras", "train.distill.tta": "flip"})
     output = run_stage(project, "train").stdout
     assert ("distilling from teachers/teacher.keras: its flip probabilities on 35 training images (2 views of each, "
             "predicted once before training), weight 0.5") in output
