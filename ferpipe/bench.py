@@ -27,7 +27,7 @@ from ferpipe import IMAGE_SIZE, MODELS, params as params_module
 from ferpipe.inference import INT8_FILE, KERAS_FILE, ONNX_FILE, OnnxModel
 from ferpipe.training import compile_model, cpu_name, member_models, one_hot, set_precision
 
-DEFAULT_WIDTH = {"seed": 64, "compact": 32, "small": 16, "lean": 16, "vgg": 64}
+DEFAULT_WIDTH = {"seed": 64, "compact": 32, "small": 16, "lean": 16, "strided": 24, "vgg": 64}
 SEED_48 = "seed (48 px)"
 
 

@@ -1,16 +1,79 @@
 """The CNNs, written against Keras 3 alone so that any backend (TensorFlow, JAX, torch) runs them."""
 from __future__ import annotations
 
+import math
+
 import keras
-from keras import layers
+from keras import layers, ops
 
 from ferpipe import CLASS_NAMES, CROP_MARGIN, IMAGE_SIZE, MODELS
+
+
+@keras.saving.register_keras_serializable(package="ferpipe")
+class RandomAffine(layers.Layer):
+    """Flip, rotation, zoom, shift and crop offset drawn per image and applied as ONE resampling
+    (train.augment.fused): a third of the separate layers' time, and one interpolation instead of
+    three. Distributions as the separate layers': flip with probability 1/2, angle uniform in
+    +-rotation degrees, scale uniform in 1 +- zoom (above 1 zooms out), shift uniform in +-translate
+    of the image size per axis, crop offset a whole pixel in -crop_margin..crop_margin per axis,
+    edges replicated. Acts on training batches only."""
+
+    def __init__(self, flip=False, rotation=0.0, zoom=0.0, translate=0.0, crop_margin=0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.flip, self.rotation, self.zoom = flip, rotation, zoom
+        self.translate, self.crop_margin, self.seed = translate, crop_margin, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _uniform(self, n, half_range):
+        return keras.random.uniform((n,), -half_range, half_range, seed=self.seed_generator)
+
+    def transforms(self, n):
+        """(n, 8) projective transforms mapping output pixel (x, y) to the input point it samples."""
+        angle = self._uniform(n, self.rotation * math.pi / 180.0)
+        scale = 1.0 + self._uniform(n, self.zoom)
+        mirror = ops.ones((n,))
+        if self.flip:
+            mirror = ops.where(keras.random.uniform((n,), seed=self.seed_generator) < 0.5, -1.0, 1.0)
+        shift = [self._uniform(n, self.translate * IMAGE_SIZE) for _ in "xy"]
+        if self.crop_margin:
+            offsets = [keras.random.randint((n,), -self.crop_margin, self.crop_margin + 1,
+                                            seed=self.seed_generator) for _ in "xy"]
+            shift = [s + ops.cast(o, "float32") for s, o in zip(shift, offsets)]
+        # input = centre + scale * rotate(angle) * mirror_x * (output - centre + shift)
+        cos, sin, centre = scale * ops.cos(angle), scale * ops.sin(angle), (IMAGE_SIZE - 1) / 2.0
+        a0, a1, b0, b1 = cos * mirror, -sin, sin * mirror, cos
+        dx, dy = shift[0] - centre, shift[1] - centre
+        a2 = centre + a0 * dx + a1 * dy
+        b2 = centre + b0 * dx + b1 * dy
+        zeros = ops.zeros((n,))
+        return ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        transforms = self.transforms(ops.shape(images)[0])
+        return ops.image.affine_transform(images, transforms, interpolation="bilinear", fill_mode="nearest",
+                                          data_format="channels_last")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "flip": self.flip, "rotation": self.rotation, "zoom": self.zoom,
+                "translate": self.translate, "crop_margin": self.crop_margin, "seed": self.seed}
 
 
 def augmentation(augment: dict) -> list[layers.Layer]:
     """Random layers that act on training batches only (Keras skips them at inference)."""
     # float32 even under a bfloat16 policy: interpolating 0-255 pixels in bfloat16 loses detail
     f32 = {"dtype": "float32"}
+    if augment["fused"]:
+        geometry = (augment["flip"], augment["rotation"], augment["zoom"], augment["translate"],
+                    CROP_MARGIN if augment["crop"] else 0)
+        steps = [RandomAffine(*geometry, **f32)] if any(geometry) else []
+        if augment["erasing"]:
+            steps.append(layers.RandomErasing(factor=augment["erasing"], value_range=(0, 1), **f32))
+        return steps
     steps = []
     if augment["flip"]:
         steps.append(layers.RandomFlip("horizontal", **f32))
@@ -34,8 +97,8 @@ def augmentation(augment: dict) -> list[layers.Layer]:
     return steps
 
 
-def _conv_bn_relu(x, filters, kernel=3):
-    x = layers.Conv2D(filters, kernel, padding="same", use_bias=False)(x)
+def _conv_bn_relu(x, filters, kernel=3, strides=1):
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False)(x)
     x = layers.BatchNormalization()(x)
     return layers.Activation("relu")(x)
 
@@ -92,6 +155,11 @@ def build_model(train: dict, name: str | None = None) -> keras.Model:
     elif network == "lean":
         # one conv at 44 and 22 px, three at 11 and 5 px: compact's depth at small's cost (at width 16)
         x = _vgg_body(x, width, dropout, (1, 1, 3, 3), head_units=256)
+    elif network == "strided":
+        # small's last three blocks (at 1.5x small's width), reached by one stride-2 conv instead of a
+        # conv and a max-pool at full resolution: a full-resolution layer costs most per multiply-add here
+        x = _conv_bn_relu(x, width, strides=2)
+        x = _vgg_body(x, 2 * width, dropout, (2, 2, 2), head_units=256)
     elif network == "vgg":
         x = _vgg_body(x, width, dropout, (2, 2, 3, 3), head_units=512)
     else:

@@ -104,6 +104,7 @@ SCHEMA = {
             "translate": _number(0, 0.5),
             "erasing": _number(0, 1),
             "crop": _boolean,
+            "fused": _boolean,
         },
         "distill": {
             "teacher": _teacher,

@@ -145,7 +145,7 @@ def test_ten_crop_is_offered_only_for_a_model_trained_with_crops(crop):
     from ferpipe.model import build_model
 
     keras.mixed_precision.set_global_policy("float32")
-    augment = {"rotation": 0, "zoom": 0, "flip": False, "translate": 0, "erasing": 0, "crop": crop}
+    augment = {"rotation": 0, "zoom": 0, "flip": False, "translate": 0, "erasing": 0, "crop": crop, "fused": False}
     model = build_model({"model": "compact", "width": 4, "dropout": 0.1, "augment": augment})
     assert crops_faces(model) is crop
     assert ("ten_crop" in tta_modes_for(model)) is crop
@@ -167,7 +167,7 @@ def test_an_ensemble_crops_faces_only_if_every_member_does(crops, expected):
     keras.mixed_precision.set_global_policy("float32")
     members = [build_model({"model": "compact", "width": 4, "dropout": 0.1,
                             "augment": {"rotation": 0, "zoom": 0, "flip": False, "translate": 0, "erasing": 0,
-                                        "crop": crop}}, name=f"member_{i}") for i, crop in enumerate(crops)]
+                                        "crop": crop, "fused": False}}, name=f"member_{i}") for i, crop in enumerate(crops)]
     assert crops_faces(ensemble(members)) is expected
 
 

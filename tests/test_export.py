@@ -9,7 +9,7 @@ from ferpipe.export import export_onnx, inference_graph, parity
 from ferpipe.inference import OnnxModel, load_classifier
 from ferpipe.model import build_model, ensemble
 
-AUGMENT = {"rotation": 20, "zoom": 0.2, "flip": True, "translate": 0.1, "erasing": 0.3, "crop": True}
+AUGMENT = {"rotation": 20, "zoom": 0.2, "flip": True, "translate": 0.1, "erasing": 0.3, "crop": True, "fused": False}
 
 
 def tiny_model(policy):

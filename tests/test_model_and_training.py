@@ -23,6 +23,7 @@ def recipe(**changes):
 
 @pytest.mark.parametrize("name, width, low, high", [("seed", 64, 4.2e6, 4.6e6), ("compact", 32, 1.5e6, 2.0e6),
                                                     ("small", 16, 4e5, 6e5), ("lean", 16, 6e5, 9e5),
+                                                    ("strided", 24, 8e5, 1.3e6),
                                                     ("vgg", 64, 8e6, 12e6)])
 def test_models_have_the_documented_size_and_output(name, width, low, high):
     model = build_model(recipe(model=name, width=width, augment={"crop": False}))  # sizes documented at 48x48
@@ -45,11 +46,13 @@ def test_augmentation_only_acts_on_training_batches():
         assert layer in names
 
 
-def test_crop_takes_random_crops_in_training_and_the_centre_crop_at_inference():
+@pytest.mark.parametrize("fused", [False, True])
+def test_crop_takes_random_crops_in_training_and_the_centre_crop_at_inference(fused):
     from ferpipe import CROP_SIZE
 
     keras.utils.set_random_seed(0)  # before building: the layers take their seeds then; same draws every run
-    model = build_model(recipe(width=8, augment={"rotation": 0, "zoom": 0, "flip": False, "crop": True}))
+    model = build_model(recipe(width=8, augment={"rotation": 0, "zoom": 0, "flip": False, "crop": True,
+                                                 "fused": fused}))
     crop = next(layer for layer in model.layers if layer.__class__.__name__ == "Cropping2D")
     assert crop.output.shape[1:3] == (CROP_SIZE, CROP_SIZE)
     to_crop = keras.Model(model.input, crop.output)
@@ -73,10 +76,54 @@ def test_crop_takes_random_crops_in_training_and_the_centre_crop_at_inference():
     assert model.predict(x, verbose=0).shape == (1, len(CLASS_NAMES))
 
 
-def test_augmentation_can_be_switched_off():
+@pytest.mark.parametrize("fused", [False, True])
+def test_augmentation_can_be_switched_off(fused):
     model = build_model(recipe(width=8, augment={"rotation": 0, "zoom": 0, "flip": False, "translate": 0,
-                                                      "erasing": 0, "crop": False}))
+                                                 "erasing": 0, "crop": False, "fused": fused}))
     assert not [l for l in model.layers if l.__class__.__name__.startswith("Random")]
+
+
+def test_fused_augmentation_draws_what_the_params_say():
+    from ferpipe.model import RandomAffine
+
+    keras.utils.set_random_seed(0)
+    layer = RandomAffine(flip=True, rotation=20, zoom=0.2, translate=0.1, crop_margin=2)
+    a0, a1, a2, b0, b1, b2 = keras.ops.convert_to_numpy(layer.transforms(20000))[:, :6].T
+    scale = np.hypot(a1, b1)  # the unmirrored column: scale x (-sin, cos)
+    angle = np.degrees(np.arctan2(-a1, b1))
+    mirrored = a0 * b1 - a1 * b0 < 0
+    assert 0.8 <= scale.min() < 0.81 and 1.19 < scale.max() <= 1.2
+    assert -20 <= angle.min() < -19.5 and 19.5 < angle.max() <= 20
+    assert 0.48 < mirrored.mean() < 0.52
+    # the shift before scaling and turning: translate (+-4.8 px) plus the whole-pixel crop offset (+-2 px)
+    centre = 23.5
+    moved = np.stack([a0 * centre + a1 * centre + a2 - centre, b0 * centre + b1 * centre + b2 - centre], axis=1)
+    matrices = np.stack([np.stack([a0, a1], 1), np.stack([b0, b1], 1)], axis=1)
+    shift = np.linalg.solve(matrices, moved[..., None])[..., 0]
+    assert 6.5 < np.abs(shift).max() <= 6.8 + 1e-4 and np.abs(shift.mean(axis=0)).max() < 0.1
+
+
+def test_fused_augmentation_flips_exactly_and_only_in_training():
+    from ferpipe.model import RandomAffine
+
+    x = np.random.default_rng(0).integers(0, 256, (200, 48, 48, 1)).astype("float32")
+    layer = RandomAffine(flip=True)
+    out = keras.ops.convert_to_numpy(layer(x, training=True))
+    same = [np.array_equal(o, i) for o, i in zip(out, x)]
+    mirror = [np.allclose(o, i[:, ::-1], atol=1e-3) for o, i in zip(out, x)]
+    assert all(s != m for s, m in zip(same, mirror)) and 70 < sum(mirror) < 130
+    assert np.array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+
+
+def test_fused_model_saves_and_loads(tmp_path):
+    model = build_model(recipe(model="strided", width=8, augment={"fused": True, "erasing": 0.3}))
+    names = [layer.__class__.__name__ for layer in model.layers]
+    assert "RandomAffine" in names and "RandomErasing" in names
+    assert not {"RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation"} & set(names)
+    model.save(tmp_path / "m.keras")
+    x = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 1)).astype("float32")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle"])

@@ -42,7 +42,7 @@ def model_files(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("model")
     keras.mixed_precision.set_global_policy("float32")
-    augment = {"rotation": 20, "zoom": 0.2, "flip": True, "translate": 0, "erasing": 0, "crop": False}
+    augment = {"rotation": 20, "zoom": 0.2, "flip": True, "translate": 0, "erasing": 0, "crop": False, "fused": False}
     model = build_model({"model": "compact", "width": 4, "dropout": 0.1, "augment": augment})
     model.save(folder / "model.keras")
     export_onnx(model, folder / "model.onnx")
