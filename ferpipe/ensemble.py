@@ -48,6 +48,7 @@ def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> di
 
     from ferpipe.data import PreparedData, test_subset
     from ferpipe.evaluation import check_tta, predict_probabilities
+    import ferpipe.model  # noqa: F401  (registers the custom layers that load_model needs)
 
     data = PreparedData(PREPARED_DIR)
     x_val, y_val, _ = data.split("val")

@@ -66,6 +66,8 @@ def load_classifier(path=None):
     if path.suffix == ".keras":
         import keras
 
+        import ferpipe.model  # noqa: F401  (registers the custom layers that load_model needs)
+
         try:
             model = keras.saving.load_model(path)
         except Exception as err:

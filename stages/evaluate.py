@@ -17,6 +17,7 @@ import pandas as pd
 from ferpipe import CLASS_NAMES, FerError, params
 from ferpipe.data import PreparedData, test_subset
 from ferpipe.evaluation import check_tta, probabilities_by_tta, subset_scores, summarize, tta_modes_for
+import ferpipe.model  # noqa: F401  (registers the custom layers that load_model needs)
 
 PREPARED_DIR = Path("data/prepared")
 MODEL_FILE = Path("models/model.keras")
