@@ -4,8 +4,8 @@
 2. inference of the deployed model: faces/s in batches and single-face latency (p50, p99),
    for Keras and for the ONNX export under ONNX Runtime.
 
-    ferpipe bench [--models seed compact small lean vgg] [--train-images 1024] [--rounds 3] [--precision auto]
-                  [--no-training] [--no-inference] [--latency-runs 1000]
+    ferpipe bench [--models seed compact small lean strided vgg] [--train-images 1024] [--rounds 3]
+                  [--precision auto] [--fused | --no-fused] [--no-training] [--no-inference] [--latency-runs 1000]
 
 Each model of part 1 uses the train params from params.yaml with only `model` (and the width
 that model is sized for) changed; when those params crop to 44 px, `seed` is also timed on whole
@@ -112,11 +112,11 @@ def latency_ms(model, face: np.ndarray, runs: int) -> tuple[float, float]:
 def deployed_models(train: dict, workdir: Path) -> tuple[dict, str]:
     """{runtime name: model} for the trained model files, or for a fresh default model."""
     from ferpipe.export import compute_dtype, export_onnx, quantize_int8
-    from ferpipe.model import build_model
+    from ferpipe.model import build_model, load_model
     from ferpipe.training import member_params
 
     if KERAS_FILE.is_file() and ONNX_FILE.is_file():
-        keras_model, onnx_file, int8_file = keras.saving.load_model(KERAS_FILE), ONNX_FILE, INT8_FILE
+        keras_model, onnx_file, int8_file = load_model(KERAS_FILE), ONNX_FILE, INT8_FILE
         origin = ", ".join(str(f) for f in (KERAS_FILE, ONNX_FILE, INT8_FILE) if f.is_file())
     else:
         fresh = member_params(train, 0)  # the first member's network when train.model lists several
@@ -158,6 +158,8 @@ def main(argv=None):
     parser.add_argument("--predict-images", type=int, default=4096)
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
                         help="override train.precision")
+    parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
+                        help="override train.augment.fused for every model (--no-fused: the separate layers)")
     parser.add_argument("--no-training", action="store_true", help="skip part 1")
     parser.add_argument("--no-inference", action="store_true", help="skip part 2")
     parser.add_argument("--latency-runs", type=int, default=1000, help="single-face calls per runtime")
@@ -167,8 +169,11 @@ def main(argv=None):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     base = params_module.load(args.params)["train"]
+    if args.fused is not None:
+        base = {**base, "augment": {**base["augment"], "fused": args.fused}}
     precision = set_precision(args.precision or base["precision"])
-    print(f"backend {keras.backend.backend()}, precision {precision}, CPU: {cpu_name()}")
+    augmentation = "fused (one resampling)" if base["augment"]["fused"] else "separate layers"
+    print(f"backend {keras.backend.backend()}, precision {precision}, augmentation {augmentation}, CPU: {cpu_name()}")
     if not args.no_training:
         training_table(base, args)
     if not args.no_inference:

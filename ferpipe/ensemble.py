@@ -43,12 +43,11 @@ def choose(rows: list[dict]) -> dict:
 
 def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> dict:
     """Scores of each model and of each combination; 'chosen' is the best on validation."""
-    import keras
     import numpy as np
 
     from ferpipe.data import PreparedData, test_subset
     from ferpipe.evaluation import check_tta, predict_probabilities
-    import ferpipe.model  # noqa: F401  (registers the custom layers that load_model needs)
+    from ferpipe.model import load_model
 
     data = PreparedData(PREPARED_DIR)
     x_val, y_val, _ = data.split("val")
@@ -56,7 +55,7 @@ def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> di
     if not len(x_val):
         raise FerError("data/prepared has no validation split to choose the ensemble on (prepare.val_fraction)")
     subsets = np.array([test_subset(p) for p in paths])
-    models = [keras.saving.load_model(path) for path in model_files]  # a few MB each, at most MAX_MODELS
+    models = [load_model(path) for path in model_files]  # a few MB each, at most MAX_MODELS
     for path, model in zip(model_files, models):  # refuse a model before any prediction
         check_tta(model, tta, str(path))
     val_probs, test_probs = [], []

@@ -66,10 +66,10 @@ def load_classifier(path=None):
     if path.suffix == ".keras":
         import keras
 
-        import ferpipe.model  # noqa: F401  (registers the custom layers that load_model needs)
+        from ferpipe.model import load_model
 
         try:
-            model = keras.saving.load_model(path)
+            model = load_model(path)
         except Exception as err:
             raise FerError(f"cannot load Keras model {path}: {err}") from err
         return model, f"{path} (Keras {keras.__version__}, {keras.backend.backend()} backend)"

@@ -16,13 +16,18 @@ class RandomAffine(layers.Layer):
     three. Distributions as the separate layers': flip with probability 1/2, angle uniform in
     +-rotation degrees, scale uniform in 1 +- zoom (above 1 zooms out), shift uniform in +-translate
     of the image size per axis, crop offset a whole pixel in -crop_margin..crop_margin per axis,
-    edges replicated. Acts on training batches only."""
+    edges replicated. Acts on training batches only; sized for the pipeline's 48x48 faces (IMAGE_SIZE).
+    Random erasing, when on, follows it (the separate layers erase before the crop offset)."""
 
     def __init__(self, flip=False, rotation=0.0, zoom=0.0, translate=0.0, crop_margin=0, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.flip, self.rotation, self.zoom = flip, rotation, zoom
         self.translate, self.crop_margin, self.seed = translate, crop_margin, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # TensorFlow's XLA has no kernel for the transform op (ImageProjectiveTransformV3; Keras' own
+        # RandomRotation opts out the same way). TensorFlow on a CPU never compiles with XLA anyway;
+        # JAX compiles it, so a fused model is one that JAX can jit-compile whole.
+        self.supports_jit = keras.backend.backend() != "tensorflow"
 
     def _uniform(self, n, half_range):
         return keras.random.uniform((n,), -half_range, half_range, seed=self.seed_generator)
@@ -183,3 +188,9 @@ def members_of(model: keras.Model) -> list[keras.Model]:
     """The networks inside an ensemble() model, or [model] for a single network."""
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     return nested or [model]
+
+
+def load_model(path, **kwargs) -> keras.Model:
+    """keras.saving.load_model for the pipeline's models: it needs this module imported, which registers
+    RandomAffine (a model trained with train.augment.fused fails to load without it)."""
+    return keras.saving.load_model(path, **kwargs)

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from ferpipe import CLASS_NAMES, FerError
-from ferpipe.model import build_model, ensemble
+from ferpipe.model import build_model, ensemble, load_model
 
 
 def cpu_name() -> str:
@@ -173,7 +173,7 @@ def training_targets(train: dict, images: np.ndarray, labels: np.ndarray) -> np.
         raise FerError(f"train.distill.teacher: {path} not found; put the trained model there (see README, "
                        f"'Distillation') or set train.distill.teacher: none")
     try:
-        teacher = keras.saving.load_model(path, compile=False)
+        teacher = load_model(path, compile=False)
     except Exception as err:
         raise FerError(f"train.distill.teacher: {path} is not a readable Keras model ({type(err).__name__}: {err})") \
             from None
@@ -253,7 +253,7 @@ class Checkpoint(keras.callbacks.Callback):
             self.clear()
             return None
         try:
-            self.saved_model = keras.saving.load_model(self.directory / state["model_file"])
+            self.saved_model = load_model(self.directory / state["model_file"])
             self.saved_best = self._read_best_weights(state)
         except Exception as err:  # a truncated file (full disk, power cut), a file from elsewhere
             print(f"ignoring the interrupted run's state in {self.directory}: it cannot be read "
@@ -516,7 +516,7 @@ def _finished_member(resume_dir, index, member, train_data, val_data) -> MemberR
         record = json.loads(record_file.read_text())
         if record["fingerprint"] != fingerprint(member, *train_data, *val_data):
             return None
-        model = keras.saving.load_model(model_file)
+        model = load_model(model_file)
     except Exception:  # absent, from other params or data, or unreadable: train the member again
         return None
     # the logs of this process's epochs only: the wall time before the interruption is in seconds_before_resuming

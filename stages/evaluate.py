@@ -10,14 +10,13 @@ from ferpipe.stage import run_stage  # first: keeps library caches in the projec
 import json
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 
 from ferpipe import CLASS_NAMES, FerError, params
 from ferpipe.data import PreparedData, test_subset
 from ferpipe.evaluation import check_tta, probabilities_by_tta, subset_scores, summarize, tta_modes_for
-import ferpipe.model  # noqa: F401  (registers the custom layers that load_model needs)
+from ferpipe.model import load_model
 
 PREPARED_DIR = Path("data/prepared")
 MODEL_FILE = Path("models/model.keras")
@@ -33,7 +32,7 @@ def main():
     data = PreparedData(PREPARED_DIR)
     x_test, y_test, paths = data.split("test")
     x_val, y_val, _ = data.split("val")
-    model = keras.saving.load_model(MODEL_FILE)
+    model = load_model(MODEL_FILE)
     check_tta(model, evaluate["tta"], str(MODEL_FILE))
     modes = tta_modes_for(model)
     print(f"predicting {len(x_test)} test and {len(x_val)} validation images under each TTA mode "

@@ -9,7 +9,6 @@ from ferpipe.stage import run_stage  # first: keeps library caches in the projec
 import json
 from pathlib import Path
 
-import keras
 import numpy as np
 import onnxruntime
 
@@ -18,6 +17,7 @@ from ferpipe.data import PreparedData
 from ferpipe.evaluation import predict_probabilities, probabilities_by_tta, summarize
 from ferpipe.export import compute_dtype, export_onnx, parity, quantize_int8
 from ferpipe.inference import INT8_FILE, KERAS_FILE, ONNX_FILE, OnnxModel
+from ferpipe.model import load_model
 
 PREPARED_DIR = Path("data/prepared")
 METRICS_FILE = Path("metrics/export.json")
@@ -47,7 +47,7 @@ def main():
     data = PreparedData(PREPARED_DIR)
     x_test, y_test, _ = data.split("test")
     x_train, _, _ = data.split("train")
-    trained = keras.saving.load_model(KERAS_FILE)
+    trained = load_model(KERAS_FILE)
     graph = export_onnx(trained, ONNX_FILE)
     calibration = x_train[np.random.default_rng(0).choice(len(x_train), min(CALIBRATION_IMAGES, len(x_train)),
                                                           replace=False)]

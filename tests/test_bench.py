@@ -2,6 +2,7 @@
 import pytest
 
 from ferpipe import bench
+from ferpipe.training import compile_model
 from conftest import REPO
 
 
@@ -24,6 +25,19 @@ def test_bench_prints_a_row_per_model_with_ratios_to_seed_at_44_and_48_px(capsys
         ratio = float(row[3]) / float(rows["seed"][3])  # from the printed (rounded) rates
         assert float(row[6].strip().rstrip("x")) == pytest.approx(ratio, rel=0.02, abs=0.01)
     assert "| runtime |" not in out
+
+
+@pytest.mark.parametrize("flag, layer, said", [("--fused", "RandomAffine", "augmentation fused (one resampling)"),
+                                               ("--no-fused", "RandomRotation", "augmentation separate layers")])
+def test_bench_can_override_the_augmentation(capsys, monkeypatch, flag, layer, said):
+    built = []
+    monkeypatch.setattr(bench, "compile_model", lambda train: built.append(train) or compile_model(train))
+    bench.main(["--models", "small", "--train-images", "16", "--predict-images", "16", "--rounds", "1",
+                "--precision", "float32", "--no-inference", flag, "--params", str(REPO / "params.yaml")])
+    assert said in capsys.readouterr().out
+    assert built and all(train["augment"]["fused"] == (flag == "--fused") for train in built)
+    names = {type(l).__name__ for l in compile_model({**built[0], "width": 4}).layers}
+    assert layer in names
 
 
 def test_bench_times_at_least_two_batches_per_call():

@@ -1,5 +1,8 @@
 """Model building and the training recipe (schedules, class weights, time budget) on tiny data."""
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -35,15 +38,18 @@ def test_models_have_the_documented_size_and_output(name, width, low, high):
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
 
 
-def test_augmentation_only_acts_on_training_batches():
-    model = build_model(recipe(width=8, augment={"translate": 0.1, "erasing": 0.5}))
+@pytest.mark.parametrize("fused, expected", [
+    (False, ("RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomErasing")),
+    (True, ("RandomAffine", "RandomErasing"))])
+def test_augmentation_only_acts_on_training_batches(fused, expected):
+    model = build_model(recipe(width=8, augment={"translate": 0.1, "erasing": 0.5, "fused": fused}))
     x = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 1)).astype("float32")
     assert np.array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
     trained = [model(x, training=True) for _ in range(2)]
     assert not np.allclose(keras.ops.convert_to_numpy(trained[0]), keras.ops.convert_to_numpy(trained[1]))
     names = [layer.__class__.__name__ for layer in model.layers]
-    for layer in ("Rescaling", "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomErasing"):
-        assert layer in names
+    assert set(expected) | {"Rescaling"} <= set(names)
+    assert {name for name in names if name.startswith("Random")} == set(expected)
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -124,6 +130,15 @@ def test_fused_model_saves_and_loads(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 1)).astype("float32")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    affine = [layer.get_config() for m in (model, loaded) for layer in m.layers if layer.name.startswith("random_affine")]
+    assert len(affine) == 2 and affine[0] == affine[1] and affine[0]["rotation"] == TRAIN["augment"]["rotation"]
+    # a fresh Python that imports only what `ferpipe predict` imports must load it too (the layer registers itself)
+    code = f"from ferpipe.inference import load_classifier; print(load_classifier({str(tmp_path / 'm.keras')!r})[1])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+                                 "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "m.keras (Keras" in result.stdout
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle"])

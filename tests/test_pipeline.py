@@ -103,6 +103,8 @@ def test_stages_write_only_into_data_models_metrics_and_plots(project, tmp_path)
     otherwise land in the home directory and /tmp."""
     home, tmp = tmp_path / "home", tmp_path / "tmp"
     home.mkdir(), tmp.mkdir()
+    # with the fused augmentation's custom layer: each stage that loads the model must know it
+    set_params(project, **{"train.model": "strided", "train.width": 8, "train.augment.fused": True})
     before = {p for p in project.rglob("*") if p.is_file()}
     for stage in STAGES:
         run_stage(project, stage, HOME=str(home), TMPDIR=str(tmp), XDG_CACHE_HOME="", MPLCONFIGDIR="",
