@@ -161,7 +161,7 @@ def build_model(train: dict, name: str | None = None) -> keras.Model:
         # one conv at 44 and 22 px, three at 11 and 5 px: compact's depth at small's cost (at width 16)
         x = _vgg_body(x, width, dropout, (1, 1, 3, 3), head_units=256)
     elif network == "strided":
-        # small's last three blocks (at 1.5x small's width), reached by one stride-2 conv instead of a
+        # small's last three blocks at widths 2w, 4w, 8w (width 24: 1.5x small's at 16), reached by one stride-2 conv instead of a
         # conv and a max-pool at full resolution: a full-resolution layer costs most per multiply-add here
         x = _conv_bn_relu(x, width, strides=2)
         x = _vgg_body(x, 2 * width, dropout, (2, 2, 2), head_units=256)
