@@ -92,6 +92,7 @@ SCHEMA = {
         "early_stopping_patience": _number(0, 1000, integer=True),
         "select_by": _choice("val_loss", "val_accuracy"),
         "time_budget_minutes": _number(0),
+        "anneal_within_budget": _boolean,
         "label_smoothing": _number(0, 0.5),
         "class_weight": _choice("none", "balanced"),
         "precision": _choice("auto", "float32", "bfloat16"),
@@ -152,6 +153,13 @@ def _check_members_models(train, errors):
                       f"{len(train['model'])} (one model per member), got train.members: {train['members']}")
 
 
+def _check_anneal_within_budget(train, errors):
+    if train["anneal_within_budget"] and (train["schedule"] == "plateau" or not train["time_budget_minutes"]):
+        errors.append("train.anneal_within_budget: true needs train.schedule cosine or onecycle and a "
+                      f"train.time_budget_minutes above 0, got schedule {train['schedule']!r} and "
+                      f"time_budget_minutes {train['time_budget_minutes']!r}")
+
+
 def validate(params: dict, sections=None) -> dict:
     """Check `params` against SCHEMA (every section, or only `sections`); raise ParamsError."""
     schema = SCHEMA if sections is None else {s: SCHEMA[s] for s in sections}
@@ -166,6 +174,7 @@ def validate(params: dict, sections=None) -> dict:
                 _validate(params[section], schema[section], section, errors)
     if not errors and "train" in schema:
         _check_members_models(params["train"], errors)
+        _check_anneal_within_budget(params["train"], errors)
     if errors:
         raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(errors))
     return params

@@ -93,9 +93,12 @@ def make_optimizer(train: dict) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(lr, weight_decay=wd)
 
 
-def lr_at_epoch(train: dict, epoch: int) -> float:
-    """Per-epoch learning rate of the 'cosine' and 'onecycle' schedules."""
+def lr_at_epoch(train: dict, epoch: int, budget_used: float = 0.0) -> float:
+    """Per-epoch learning rate of the 'cosine' and 'onecycle' schedules. `budget_used` (share of the
+    time budget spent when the epoch starts) moves the schedule on to that share of `epochs` when it
+    is further along, so that a run the budget stops has still annealed (train.anneal_within_budget)."""
     lr, epochs = train["lr"], train["epochs"]
+    epoch = min(max(epoch, budget_used * epochs), epochs)
     if train["schedule"] == "cosine":
         return 0.5 * lr * (1 + math.cos(math.pi * epoch / epochs))
     warmup = max(1, round(0.3 * epochs))  # onecycle: linear warm-up from lr/10, then cosine to ~0
@@ -106,16 +109,19 @@ def lr_at_epoch(train: dict, epoch: int) -> float:
 
 def schedule_callbacks(train: dict) -> list[keras.callbacks.Callback]:
     """LR schedule, then early stopping on train.select_by (best weights restored)."""
+    budget = TimeBudget(train["time_budget_minutes"])
     if train["schedule"] == "plateau":
         schedule = keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=train["plateau_factor"], patience=train["plateau_patience"], verbose=1
         )
     else:
-        schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr_at_epoch(train, epoch))
+        follow = train["anneal_within_budget"]
+        schedule = keras.callbacks.LearningRateScheduler(
+            lambda epoch, lr: lr_at_epoch(train, epoch, budget.share_used() if follow else 0.0))
     stop = keras.callbacks.EarlyStopping(
         monitor=train["select_by"], patience=train["early_stopping_patience"], restore_best_weights=True, verbose=1
     )
-    return [schedule, stop, TimeBudget(train["time_budget_minutes"])]
+    return [schedule, stop, budget]
 
 
 def best_epoch(history: dict, select_by: str) -> int:
@@ -135,6 +141,10 @@ class TimeBudget(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.start = time.monotonic()
+
+    def share_used(self) -> float:
+        """Share of the budget spent so far (0 without a budget)."""
+        return (time.monotonic() - self.start) / self.seconds if self.seconds else 0.0
 
     def on_epoch_end(self, epoch, logs=None):
         if self.seconds and time.monotonic() - self.start >= self.seconds:

@@ -3,6 +3,7 @@ import copy
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -203,6 +204,33 @@ def test_time_budget_stops_after_the_epoch_that_exhausts_it():
     train["time_budget_minutes"] = 1e-6
     _, history = training.fit(train, (images, labels), tiny_data(14, 1), verbose=0)
     assert len(history.history["loss"]) == 1
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_schedules_run_ahead_to_the_share_of_the_time_budget_spent(schedule):
+    train = recipe(schedule=schedule, epochs=20, lr=0.01)
+    assert training.lr_at_epoch(train, 2, budget_used=0.5) == training.lr_at_epoch(train, 10)
+    assert training.lr_at_epoch(train, 12, budget_used=0.5) == training.lr_at_epoch(train, 12)
+    assert training.lr_at_epoch(train, 2, budget_used=3.0) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("anneal", [False, True])
+def test_fit_follows_the_time_budget_only_when_asked(monkeypatch, anneal):
+    monkeypatch.setattr(training.TimeBudget, "share_used", lambda self: 0.5)  # half the budget spent from the start
+    images, labels = tiny_data()
+    train = recipe(width=8, epochs=3, batch_size=16, lr=0.01, anneal_within_budget=anneal)
+    train["time_budget_minutes"] = 60
+    _, history = training.fit(train, (images, labels), tiny_data(14, 1), verbose=0)
+    effective_epochs = [1.5, 1.5, 2] if anneal else [0, 1, 2]
+    assert history.history["learning_rate"] == pytest.approx(
+        [training.lr_at_epoch(train, e) for e in effective_epochs], rel=1e-4)
+
+
+def test_time_budget_share_used():
+    budget = training.TimeBudget(1)
+    budget.start = time.monotonic() - 30
+    assert 0.5 <= budget.share_used() < 0.6
+    assert training.TimeBudget(0).share_used() == 0.0
 
 
 def test_precision_auto_resolves_to_a_concrete_policy():

@@ -55,6 +55,7 @@ def with_value(good, dotted, value):
         ("train.members", 0, "train.members: got 0, expected an integer >= 1 and <= 20"),
         ("train.members", 1.5, "train.members"),
         ("train.time_budget_minutes", -5, "train.time_budget_minutes"),
+        ("train.anneal_within_budget", "yes", "train.anneal_within_budget: got 'yes', expected true or false"),
         ("train.augment.flip", "yes", "train.augment.flip: got 'yes', expected true or false"),
         ("train.augment.rotation", 400, "train.augment.rotation"),
         ("train.augment.zoom", 1.0, "train.augment.zoom"),
@@ -100,6 +101,16 @@ def test_a_list_of_models_names_one_per_member(good):
     message = str(pytest.raises(params.ParamsError, params.validate, good).value)
     assert "train.model: a list of 2 models needs train.members: 2 (one model per member), got train.members: 3" \
         in message
+
+
+@pytest.mark.parametrize("changes", [{"schedule": "plateau"}, {"time_budget_minutes": 0}])
+def test_annealing_within_the_budget_needs_a_budget_and_an_annealing_schedule(good, changes):
+    good["train"].update(anneal_within_budget=True, schedule="cosine", time_budget_minutes=60)
+    assert params.validate(copy.deepcopy(good))
+    good["train"].update(changes)
+    with pytest.raises(params.ParamsError, match="train.anneal_within_budget: true needs train.schedule cosine or "
+                                                 "onecycle and a train.time_budget_minutes above 0"):
+        params.validate(good)
 
 
 def test_unknown_key_is_rejected_naming_allowed_keys(good):
