@@ -57,10 +57,8 @@ def set_params(project: Path, **overrides):
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture
-def project(tmp_path, fer_tree):
-    """A copy of the project (code, dvc.yaml, params.yaml) whose data root is a tiny synthetic tree."""
-    dest = tmp_path / "project"
+def make_project(dest: Path, fer_root: Path) -> Path:
+    """A copy of the project (code, dvc.yaml, params.yaml) at `dest` whose data root is `fer_root`."""
     dest.mkdir()
     for name in PROJECT_FILES:
         src = REPO / name
@@ -68,9 +66,26 @@ def project(tmp_path, fer_tree):
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.keras"))
         else:
             shutil.copy(src, dest / name)
-    set_params(dest, **{"prepare.data_root": str(fer_tree), "train.epochs": 1, "train.members": 1,
-                         "train.time_budget_minutes": 0})
+    # width 8: the stages, not the network's size, are under test (sizes: test_model_and_training)
+    set_params(dest, **{"prepare.data_root": str(fer_root), "train.epochs": 1, "train.members": 1,
+                         "train.time_budget_minutes": 0, "train.width": 8})
     return dest
+
+
+@pytest.fixture
+def project(tmp_path, fer_tree):
+    """A copy of the project whose data root is a tiny synthetic tree."""
+    return make_project(tmp_path / "project", fer_tree)
+
+
+@pytest.fixture(scope="module")
+def trained_project(tmp_path_factory):
+    """A project after prepare and train, made once per test module: copy it before changing it."""
+    root = tmp_path_factory.mktemp("trained")
+    project = make_project(root / "project", write_fer_tree(root / "fer2013"))
+    run_stage(project, "prepare")
+    run_stage(project, "train")
+    return project
 
 
 def load_stage(project: Path, stage: str):
