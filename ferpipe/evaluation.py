@@ -63,18 +63,32 @@ def check_tta(model, tta: str, model_name: str) -> None:
                        f"takes whole {IMAGE_SIZE}x{IMAGE_SIZE} faces; use flip_zoom, or retrain with crops")
 
 
+def view_of(images: np.ndarray, view: tuple) -> np.ndarray:
+    """(n, 48, 48) images as one TTA view (a TTA_VIEWS entry)."""
+    scale, dx, dy, angle, mirrored = view
+    x = images if (scale, dx, dy, angle) == (1.0, 0, 0, 0) or len(images) == 0 else warped(images, scale, dx, dy, angle)
+    return x[:, :, ::-1] if mirrored else x
+
+
+# Views go to the model together, up to this many images a call: each predict() call sets up an input
+# pipeline (~0.1 s here), which on a small split costs more than the prediction; the cap bounds memory (150 MB).
+IMAGES_PER_CALL = 16384
+
+
 def probabilities_by_tta(model, images: np.ndarray, batch_size: int, modes=TTA_MODES) -> dict[str, np.ndarray]:
     """{mode: class probabilities} for (n, 48, 48) uint8 images; views shared by modes are predicted once."""
     unknown = [mode for mode in modes if mode not in TTA_VIEWS]
     if unknown:
         raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {unknown[0]!r}")
+    views = list(dict.fromkeys(v for mode in modes for v in TTA_VIEWS[mode]))
+    n, per_call = len(images), max(1, IMAGES_PER_CALL // max(len(images), 1))
     predicted = {}
-    for view in dict.fromkeys(v for mode in modes for v in TTA_VIEWS[mode]):
-        scale, dx, dy, angle, mirrored = view
-        x = images if (scale, dx, dy, angle) == (1.0, 0, 0, 0) or len(images) == 0 else warped(images, scale, dx, dy, angle)
-        x = x[:, :, ::-1] if mirrored else x
-        predicted[view] = np.asarray(model.predict(x.astype("float32")[..., None], batch_size=batch_size,
-                                                   verbose=0), dtype="float64")
+    for start in range(0, len(views), per_call):
+        group = views[start:start + per_call]
+        x = np.concatenate([view_of(images, view) for view in group])
+        probs = np.asarray(model.predict(x.astype("float32")[..., None], batch_size=batch_size, verbose=0),
+                           dtype="float64")
+        predicted.update({view: probs[i * n:(i + 1) * n] for i, view in enumerate(group)})
     return {mode: np.mean([predicted[v] for v in TTA_VIEWS[mode]], axis=0) for mode in modes}
 
 

@@ -147,7 +147,7 @@ class TimeBudget(keras.callbacks.Callback):
         return (time.monotonic() - self.start) / self.seconds if self.seconds else 0.0
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.seconds and time.monotonic() - self.start >= self.seconds:
+        if self.share_used() >= 1:
             self.exhausted = True
             self.model.stop_training = True
             print(f"time budget of {self.seconds / 60:g} min used up after epoch {epoch + 1}; stopping", flush=True)

@@ -6,7 +6,11 @@ from ferpipe.training import compile_model
 from conftest import REPO
 
 
-def test_bench_prints_a_row_per_model_with_ratios_to_seed_at_44_and_48_px(capsys):
+def test_bench_prints_a_row_per_model_with_ratios_to_seed_at_44_and_48_px(capsys, monkeypatch):
+    # narrow nets and small prediction batches: the table, not the nets' speed, is under test here
+    monkeypatch.setitem(bench.DEFAULT_WIDTH, "seed", 8)
+    monkeypatch.setitem(bench.DEFAULT_WIDTH, "compact", 8)
+    monkeypatch.setattr(bench.Timed, "PREDICT_BATCH", 32)
     bench.main(["--models", "seed", "compact", "--train-images", "32", "--predict-images", "32", "--rounds", "2",
                 "--precision", "float32", "--no-inference", "--params", str(REPO / "params.yaml")])
     out = capsys.readouterr().out

@@ -49,13 +49,14 @@ def test_flip_tta_averages_the_mirrored_prediction():
 
 
 class CountingModel:
-    """A fake model: 'angry' probability = mean brightness; counts the views it is shown."""
+    """A fake model: 'angry' probability = mean brightness; counts its calls and the images it is shown."""
 
     def __init__(self):
-        self.calls = 0
+        self.calls = self.images = 0
 
     def predict(self, x, batch_size, verbose):
         self.calls += 1
+        self.images += len(x)
         bright = x[..., 0].mean(axis=(1, 2)) / 255
         probs = np.zeros((len(x), 7))
         probs[:, 0], probs[:, 6] = bright, 1 - bright
@@ -76,7 +77,8 @@ def test_flip_zoom_averages_six_views_and_the_modes_share_their_twenty_six_predi
     model = CountingModel()
     by_tta = probabilities_by_tta(model, images, batch_size=8)
     assert set(by_tta) == set(TTA_MODES)
-    assert model.calls == 26       # 3 zooms x 3 angles, 4 shifts, and their mirrors
+    assert model.images == 26 * 3  # 3 zooms x 3 angles, 4 shifts, and their mirrors
+    assert model.calls == 1        # the views go to the model together
     views = [images, warped(images, 0.9), warped(images, 1.1)]
     expected = np.mean([view.mean(axis=(1, 2)) / 255 for view in views], axis=0)
     assert by_tta["flip_zoom"][:, 0] == pytest.approx(expected)
@@ -117,7 +119,7 @@ def test_ten_crop_shows_a_crop_trained_model_each_corner_crop_and_its_mirror():
 
         def predict(self, x, batch_size, verbose):
             window = x[:, margin:margin + CROP_SIZE, margin:margin + CROP_SIZE, 0]
-            self.windows.append(window[0].copy())
+            self.windows.extend(window.copy())
             probs = np.zeros((len(x), 7))
             probs[:, 0] = window.mean(axis=(1, 2)) / 255
             probs[:, 6] = 1 - probs[:, 0]
@@ -183,3 +185,16 @@ def test_rotation_turns_the_face_about_its_centre():
     upright = warped(bar, angle=90)
     assert upright[0, 4:44, 23:25].mean() > 200 and upright[0, 23:25, :10].max() == 0
     assert (warped(bar, angle=10) != bar).any() and warped(bar, angle=0).tolist() == bar.tolist()
+
+
+def test_views_of_a_large_split_go_to_the_model_in_calls_of_bounded_size(monkeypatch):
+    from ferpipe import evaluation
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 48, 48)).astype(np.uint8)
+    together = probabilities_by_tta(CountingModel(), images, batch_size=8)
+    monkeypatch.setattr(evaluation, "IMAGES_PER_CALL", 8)
+    model = CountingModel()
+    by_tta = probabilities_by_tta(model, images, batch_size=8)
+    assert model.calls == 13 and model.images == 26 * 3   # 2 views (6 images) a call
+    for mode in TTA_MODES:
+        assert by_tta[mode] == pytest.approx(together[mode])
