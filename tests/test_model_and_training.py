@@ -206,6 +206,21 @@ def test_time_budget_stops_after_the_epoch_that_exhausts_it():
     assert len(history.history["loss"]) == 1
 
 
+def test_fit_traces_the_training_step_once(monkeypatch):
+    """Optimizer, loss and metric variables exist before fit(): a step that creates them is traced twice."""
+    traces, compile_model = [], training.compile_model
+
+    def counting(train):
+        model = compile_model(train)
+        step = model.train_step
+        model.train_step = lambda data: traces.append(1) or step(data)
+        return model
+
+    monkeypatch.setattr(training, "compile_model", counting)
+    _, history = training.fit(recipe(width=8, epochs=2, batch_size=16), tiny_data(48), tiny_data(16, 1), verbose=0)
+    assert len(history.history["loss"]) == 2 and len(traces) == 1  # 48 images: full batches, one shape
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
 def test_schedules_run_ahead_to_the_share_of_the_time_budget_spent(schedule):
     train = recipe(schedule=schedule, epochs=20, lr=0.01)
