@@ -12,3 +12,11 @@ TTA_MODES = ("none", "flip", "flip_zoom", "flip_zoom_rotate", "ten_crop")
 
 class FerError(Exception):
     """An error caused by the user's input (params, data); printed without a traceback."""
+
+
+def require_stage_output(path, stage: str) -> None:
+    """Raise a FerError naming the stage to run when `path`, a file that `stage` writes, is missing."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FerError(f"{path} not found: run the {stage} stage first (dvc repro {stage})")

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from ferpipe import CLASS_NAMES, IMAGE_SIZE, FerError
+from ferpipe import CLASS_NAMES, IMAGE_SIZE, FerError, require_stage_output
 
 SPLITS = ("train", "test")
 EXPECTED_LAYOUT = (
@@ -138,8 +138,7 @@ class PreparedData:
         folder = Path(folder)
         index_path, images_path = folder / INDEX_FILE, folder / IMAGES_FILE
         for path in (index_path, images_path):
-            if not path.is_file():
-                raise FerError(f"{path} not found: run the prepare stage first (dvc repro prepare)")
+            require_stage_output(path, "prepare")
         self.index = pd.read_csv(index_path)
         self.images = np.load(images_path, mmap_mode="r")
         if len(self.index) != len(self.images):

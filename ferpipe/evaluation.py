@@ -82,7 +82,8 @@ def probabilities_by_tta(model, images: np.ndarray, batch_size: int, modes=TTA_M
     if unknown:
         raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {unknown[0]!r}")
     views = list(dict.fromkeys(v for mode in modes for v in TTA_VIEWS[mode]))
-    n, per_call = len(images), max(1, IMAGES_PER_CALL // max(len(images), 1))
+    n = len(images)
+    per_call = max(1, IMAGES_PER_CALL // max(n, 1))
     predicted = {}
     for start in range(0, len(views), per_call):
         group = views[start:start + per_call]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ferpipe import CLASS_NAMES, FerError, params
+from ferpipe import CLASS_NAMES, params, require_stage_output
 from ferpipe.data import PreparedData, test_subset
 from ferpipe.evaluation import check_tta, probabilities_by_tta, subset_scores, summarize, tta_modes_for
 from ferpipe.model import load_model
@@ -27,8 +27,7 @@ PREDICTIONS_FILE = Path("data/evaluate/predictions.csv")
 
 def main():
     evaluate = params.load()["evaluate"]
-    if not MODEL_FILE.is_file():
-        raise FerError(f"{MODEL_FILE} not found: run the train stage first (dvc repro train)")
+    require_stage_output(MODEL_FILE, "train")
     data = PreparedData(PREPARED_DIR)
     x_test, y_test, paths = data.split("test")
     x_val, y_val, _ = data.split("val")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from ferpipe import FerError
+from ferpipe import FerError, require_stage_output
 from ferpipe.data import PreparedData
 from ferpipe.evaluation import predict_probabilities, probabilities_by_tta, summarize
 from ferpipe.export import compute_dtype, export_onnx, parity, quantize_int8
@@ -42,8 +42,7 @@ def scores(model, x_test, y_test, reference) -> tuple[dict, np.ndarray]:
 
 
 def main():
-    if not KERAS_FILE.is_file():
-        raise FerError(f"{KERAS_FILE} not found: run the train stage first (dvc repro train)")
+    require_stage_output(KERAS_FILE, "train")
     data = PreparedData(PREPARED_DIR)
     x_test, y_test, _ = data.split("test")
     x_train, _, _ = data.split("train")

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ferpipe import CLASS_NAMES, FerError, params  # noqa: E402
+from ferpipe import CLASS_NAMES, FerError, params, require_stage_output  # noqa: E402
 from ferpipe.data import PreparedData  # noqa: E402
 from ferpipe.evaluation import confusion_matrix  # noqa: E402
 
@@ -27,8 +27,7 @@ def read_history() -> pd.DataFrame:
     for split, metric in (("train", "accuracy"), ("eval", "accuracy"), ("train", "loss"),
                           ("eval", "loss"), ("train", "learning_rate")):
         path = HISTORY_DIR / split / f"{metric}.tsv"
-        if not path.is_file():
-            raise FerError(f"{path} not found: run the train stage first (dvc repro train)")
+        require_stage_output(path, "train")
         columns[f"{split}_{metric}"] = pd.read_csv(path, sep="\t").set_index("step")[metric]
     history = pd.DataFrame(columns)
     history.index = history.index + 1  # epochs count from 1
@@ -37,13 +36,12 @@ def read_history() -> pd.DataFrame:
 
 def kept_epochs() -> list[int]:
     """The epochs whose weights the train stage kept (one a member, by train.select_by), from its summary."""
+    require_stage_output(TRAIN_SUMMARY_FILE, "train")
     try:
         kept = json.loads(TRAIN_SUMMARY_FILE.read_text())["kept_epochs"]
         if not kept or not all(isinstance(epoch, int) for epoch in kept):
             raise ValueError(f"kept_epochs is {kept!r}")
         return kept
-    except FileNotFoundError:
-        raise FerError(f"{TRAIN_SUMMARY_FILE} not found: run the train stage first (dvc repro train)") from None
     except (ValueError, KeyError, TypeError) as err:
         raise FerError(f"{TRAIN_SUMMARY_FILE} has no usable kept_epochs ({err!r}): rerun the train stage") from None
 
@@ -150,8 +148,7 @@ def plot_confusion(predictions: pd.DataFrame, path: Path):
 
 def main():
     visualize = params.load()["visualize"]
-    if not PREDICTIONS_FILE.is_file():
-        raise FerError(f"{PREDICTIONS_FILE} not found: run the evaluate stage first (dvc repro evaluate)")
+    require_stage_output(PREDICTIONS_FILE, "evaluate")
     rng = np.random.default_rng(visualize["seed"])
     data = PreparedData(PREPARED_DIR)
     PLOTS_DIR.mkdir(exist_ok=True)

@@ -7,8 +7,8 @@ import keras
 import pytest
 import yaml
 
-from conftest import run_stage, set_params, stage_env
-from ferpipe import TTA_MODES
+from conftest import load_stage, run_stage, set_params, stage_env
+from ferpipe import TTA_MODES, FerError
 from ferpipe.model import build_model, members_of
 
 STAGES = ("prepare", "train", "evaluate", "export", "visualize")
@@ -154,3 +154,12 @@ def test_train_with_a_missing_teacher_fails_before_training_with_a_clear_message
     assert result.returncode != 0
     assert "train.distill.teacher: teachers/absent.keras not found" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr and not (project / "models/model.keras").exists()
+
+
+@pytest.mark.parametrize("stage, missing, run_first", [("evaluate", "models/model.keras", "train"),
+                                                       ("visualize", "data/evaluate/predictions.csv", "evaluate")])
+def test_a_stage_without_its_input_names_the_stage_to_run(project, monkeypatch, stage, missing, run_first):
+    monkeypatch.chdir(project)
+    with pytest.raises(FerError, match=f"^{missing} not found: run the {run_first} stage first "
+                                       rf"\(dvc repro {run_first}\)$"):
+        load_stage(project, stage).main()
