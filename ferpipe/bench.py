@@ -5,11 +5,12 @@
    for Keras and for the ONNX export under ONNX Runtime.
 
     ferpipe bench [--models seed compact small lean strided vgg] [--train-images 1024] [--rounds 3]
-                  [--precision auto] [--fused | --no-fused] [--no-training] [--no-inference] [--latency-runs 1000]
+                  [--batch-size strided=128 ...] [--precision auto] [--fused | --no-fused]
+                  [--no-training] [--no-inference] [--latency-runs 1000]
 
 Each model of part 1 uses the train params from params.yaml with only `model` (and the width
-that model is sized for) changed; when those params crop to 44 px, `seed` is also timed on whole
-48 px faces, as the notebook trains it. Rates come from the median batch time. Part 2 uses
+that model is sized for) changed, and its batch size where --batch-size names it; when those params
+crop to 44 px, `seed` is also timed on whole 48 px faces, as the notebook trains it. Rates come from the median batch time. Part 2 uses
 models/model.keras and models/model.onnx when both exist, else a freshly built default model
 exported to a temporary folder (speed does not depend on the weights). Timings exclude a warm-up pass.
 """
@@ -149,6 +150,16 @@ def inference_table(train: dict, faces: int, batch_size: int, runs: int) -> None
             print(f"| {name} | {rate:.0f} | {p50:.2f} | {p99:.2f} |", flush=True)
 
 
+def model_batch_size(text: str) -> tuple[str, int]:
+    """`MODEL=N` of --batch-size, e.g. strided=128."""
+    name, _, size = text.partition("=")
+    if name not in MODELS:
+        raise argparse.ArgumentTypeError(f"{text!r}: the model must be one of {', '.join(MODELS)}, as in strided=128")
+    if not size.isdigit() or int(size) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the batch size must be a whole number of at least 1, as in {name}=128")
+    return name, int(size)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="ferpipe bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,6 +167,8 @@ def main(argv=None):
     parser.add_argument("--train-images", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3, help="timings per model, taken in turn (default 3)")
     parser.add_argument("--predict-images", type=int, default=4096)
+    parser.add_argument("--batch-size", nargs="+", type=model_batch_size, default=[], metavar="MODEL=N",
+                        help="train these models at batch size N (the others at train.batch_size), e.g. strided=128")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=None,
                         help="override train.precision")
     parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
@@ -168,6 +181,9 @@ def main(argv=None):
     for option in ("rounds", "train_images", "predict_images", "latency_runs"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
+    unused = sorted({name for name, _ in args.batch_size} - set(args.models))
+    if unused:
+        parser.error(f"--batch-size names {', '.join(unused)}, which --models does not time")
     base = params_module.load(args.params)["train"]
     if args.fused is not None:
         base = {**base, "augment": {**base["augment"], "fused": args.fused}}
@@ -180,15 +196,18 @@ def main(argv=None):
         inference_table(base, args.predict_images, Timed.PREDICT_BATCH, args.latency_runs)
 
 
-def model_recipes(base: dict, models: list[str]) -> dict[str, dict]:
+def model_recipes(base: dict, models: list[str], batch_sizes: dict[str, int] | None = None) -> dict[str, dict]:
     """{row name: train params} for part 1: each model with the current params, its width from
-    DEFAULT_WIDTH unless train.model names it (alone or in its list). When the params crop to 44 px,
-    `seed` is also timed on whole 48 px faces, as the notebook and the seed reference row train it."""
+    DEFAULT_WIDTH unless train.model names it (alone or in its list), its batch size from
+    `batch_sizes` if there. When the params crop to 44 px, `seed` is also timed on whole 48 px
+    faces, as the notebook and the seed reference row train it."""
     current = member_models(base)
+    batch_sizes = batch_sizes or {}
     recipes = {}
     for name in models:
         width = base["width"] if name in current else DEFAULT_WIDTH[name]
-        recipes[name] = train = {**base, "model": name, "width": width}
+        batch_size = batch_sizes.get(name, base["batch_size"])
+        recipes[name] = train = {**base, "model": name, "width": width, "batch_size": batch_size}
         if name == "seed" and base["augment"]["crop"]:
             recipes[SEED_48] = {**train, "augment": {**base["augment"], "crop": False}}
     return recipes
@@ -198,7 +217,7 @@ def training_table(base: dict, args) -> None:
     """Every model is timed once per round, the models in turn, so that a change in the machine's
     speed during the run hits them all alike; medians over the rounds."""
     timed = {name: Timed(train, args.train_images, args.predict_images)
-             for name, train in model_recipes(base, args.models).items()}
+             for name, train in model_recipes(base, args.models, dict(args.batch_size)).items()}
     for round_ in range(1, args.rounds + 1):
         for model in timed.values():
             model.time_once()
@@ -208,13 +227,13 @@ def training_table(base: dict, args) -> None:
     references = [name for name in ("seed", SEED_48) if name in rows]
     print(f"\nmedians of {args.rounds} rounds (images/s from the median batch time)")
     ratio_columns = [f"{kind} vs {ref}" for ref in references for kind in ("train", "predict")]
-    print("| " + " | ".join(["model", "params", "train img/s", "(range)", "predict img/s", *ratio_columns]) + " |")
-    print("|---|---:|---:|---:|---:|" + "---:|---:|" * len(references))
+    print("| " + " | ".join(["model", "params", "batch", "train img/s", "(range)", "predict img/s", *ratio_columns]) + " |")
+    print("|---|---:|---:|---:|---:|---:|" + "---:|---:|" * len(references))
     for name, row in rows.items():
         low, high = row["train_range"]
         ratios = "".join(f" {row['train'] / rows[ref]['train']:.2f}x | {row['predict'] / rows[ref]['predict']:.2f}x |"
                          for ref in references)
-        print(f"| {name} | {row['params']:,} | {row['train']:.0f} | {low:.0f}-{high:.0f} | {row['predict']:.0f} |" + ratios)
+        print(f"| {name} | {row['params']:,} | {timed[name].batch_size} | {row['train']:.0f} | {low:.0f}-{high:.0f} | {row['predict']:.0f} |" + ratios)
 
 
 if __name__ == "__main__":

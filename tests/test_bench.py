@@ -6,28 +6,30 @@ from ferpipe.training import compile_model
 from conftest import REPO
 
 
-def test_bench_prints_a_row_per_model_with_ratios_to_seed_at_44_and_48_px(capsys, monkeypatch):
+def test_bench_prints_a_row_per_model_with_ratios_to_seed_at_44_and_48_px(capsys, monkeypatch, tmp_path):
     # narrow nets and small prediction batches: the table, not the nets' speed, is under test here
     monkeypatch.setitem(bench.DEFAULT_WIDTH, "seed", 8)
-    monkeypatch.setitem(bench.DEFAULT_WIDTH, "compact", 8)
     monkeypatch.setattr(bench.Timed, "PREDICT_BATCH", 32)
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text().replace("  width: 32 ", "  width: 8 "))
     bench.main(["--models", "seed", "compact", "--train-images", "32", "--predict-images", "32", "--rounds", "2",
-                "--precision", "float32", "--no-inference", "--params", str(REPO / "params.yaml")])
+                "--precision", "float32", "--no-inference", "--params", str(params)])
     out = capsys.readouterr().out
-    assert "CPU:" in out and "| model | params | train img/s | (range) |" in out
+    assert "CPU:" in out and "| model | params | batch | train img/s | (range) |" in out
     assert "round 1/2: seed" in out and "round 2/2: seed" in out and "medians of 2 rounds" in out
     assert "| train vs seed | predict vs seed | train vs seed (48 px) | predict vs seed (48 px) |" in out
     rows = {line.split("|")[1].strip(): line.split("|") for line in out.splitlines()
             if line.startswith(("| seed", "| compact"))}
     assert list(rows) == ["seed", "seed (48 px)", "compact"]  # params.yaml crops to 44 px
-    assert rows["seed"][6].strip() == "1.00x" and rows["seed (48 px)"][8].strip() == "1.00x"
-    params = {name: int(row[2].replace(",", "")) for name, row in rows.items()}
-    assert params["seed (48 px)"] > params["seed"]  # whole faces: a larger dense layer
+    assert rows["seed"][7].strip() == "1.00x" and rows["seed (48 px)"][9].strip() == "1.00x"
+    counts = {name: int(row[2].replace(",", "")) for name, row in rows.items()}
+    assert counts["seed (48 px)"] > counts["seed"] and counts["compact"] < 200_000  # compact at params.yaml's width 8  # whole faces: a larger dense layer
+    assert {name: int(row[3]) for name, row in rows.items()} == {"seed": 64, "seed (48 px)": 64, "compact": 64}
     for row in rows.values():
-        low, high = (float(v) for v in row[4].split("-"))
-        assert 0 < low <= float(row[3]) <= high     # the median lies within the range of the rounds
-        ratio = float(row[3]) / float(rows["seed"][3])  # from the printed (rounded) rates
-        assert float(row[6].strip().rstrip("x")) == pytest.approx(ratio, rel=0.02, abs=0.01)
+        low, high = (float(v) for v in row[5].split("-"))
+        assert 0 < low <= float(row[4]) <= high     # the median lies within the range of the rounds
+        ratio = float(row[4]) / float(rows["seed"][4])  # from the printed (rounded) rates
+        assert float(row[7].strip().rstrip("x")) == pytest.approx(ratio, rel=0.02, abs=0.01)
     assert "| runtime |" not in out
 
 
@@ -89,6 +91,40 @@ def test_bench_times_the_listed_models_at_train_width_and_the_others_at_their_de
     assert {name: recipe["width"] for name, recipe in recipes.items()} == {
         "small": 8, "lean": 8, "compact": bench.DEFAULT_WIDTH["compact"]}
     assert all(recipe["model"] == name for name, recipe in recipes.items())
+
+
+def test_bench_trains_each_model_at_the_batch_size_given_for_it(capsys, monkeypatch):
+    monkeypatch.setitem(bench.DEFAULT_WIDTH, "seed", 4)
+    monkeypatch.setitem(bench.DEFAULT_WIDTH, "small", 4)
+    monkeypatch.setattr(bench.Timed, "PREDICT_BATCH", 16)
+    bench.main(["--models", "seed", "small", "--batch-size", "small=32", "--train-images", "16",
+                "--predict-images", "16", "--rounds", "1", "--precision", "float32", "--no-inference",
+                "--params", str(REPO / "params.yaml")])
+    rows = {line.split("|")[1].strip(): line.split("|") for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("| seed", "| small"))}
+    assert {name: int(row[3]) for name, row in rows.items()} == {"seed": 64, "seed (48 px)": 64, "small": 32}
+
+
+def test_batch_sizes_apply_to_the_named_models_and_seed_on_whole_faces():
+    from ferpipe import params
+
+    base = {**params.load(REPO / "params.yaml")["train"], "batch_size": 64}
+    recipes = bench.model_recipes(base, ["seed", "strided", "small"], {"strided": 128, "seed": 32})
+    assert {name: recipe["batch_size"] for name, recipe in recipes.items()} == {
+        "seed": 32, "seed (48 px)": 32, "strided": 128, "small": 64}
+
+
+@pytest.mark.parametrize("given, said", [
+    (["--batch-size", "strided=0"], "the batch size must be a whole number of at least 1, as in strided=128"),
+    (["--batch-size", "strided=big"], "the batch size must be a whole number of at least 1"),
+    (["--batch-size", "strided"], "the batch size must be a whole number of at least 1"),
+    (["--batch-size", "resnet=128"], "'resnet=128': the model must be one of seed, compact"),
+    (["--models", "seed", "small", "--batch-size", "strided=128"], "--batch-size names strided, which --models does not time"),
+])
+def test_bench_refuses_a_bad_batch_size(capsys, given, said):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(given)
+    assert exit_info.value.code == 2 and said in capsys.readouterr().err
 
 
 def test_bench_refuses_counts_below_one(capsys):
