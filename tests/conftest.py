@@ -12,6 +12,14 @@ import yaml
 
 from ferpipe import CLASS_NAMES
 
+# pytest-xdist runs each worker in a process of its own, and TensorFlow gives each process a thread per
+# core for its ops: with two workers on two cores the threads would outnumber the cores. Each worker (and
+# the stages and dvc it starts, which inherit the environment) gets its share of the cores instead.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    for _variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(_variable, str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("ferpipe", "stages", "teachers", "dvc.yaml", "params.yaml", "pyproject.toml")
 
