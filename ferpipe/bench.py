@@ -10,9 +10,10 @@
 
 Each model of part 1 uses the train params from params.yaml with only `model` (and the width
 that model is sized for) changed, and its batch size where --batch-size names it; when those params
-crop to 44 px, `seed` is also timed on whole 48 px faces, as the notebook trains it. Rates come from the median batch time. Part 2 uses
-models/model.keras and models/model.onnx when both exist, else a freshly built default model
-exported to a temporary folder (speed does not depend on the weights). Timings exclude a warm-up pass.
+crop to 44 px, `seed` is also timed on whole 48 px faces, as the notebook trains it. Rates come from
+the median batch time. Part 2 uses models/model.keras and models/model.onnx when both exist, else
+a freshly built default model exported to a temporary folder (speed does not depend on the weights).
+Timings exclude a warm-up pass.
 """
 from __future__ import annotations
 
