@@ -1,4 +1,4 @@
-"""Command line: `ferpipe predict|bench|ensemble|repeat ...` (also as `python -m ferpipe ...`)."""
+"""Command line: `ferpipe predict|bench|ensemble|repeat|pack|fit ...` (also as `python -m ferpipe ...`)."""
 from __future__ import annotations
 
 import importlib
@@ -7,8 +7,10 @@ import sys
 COMMANDS = {
     "predict": ("ferpipe.predict", "classify facial expressions in images, folders and videos"),
     "bench": ("ferpipe.bench", "training and inference throughput on this machine"),
-    "ensemble": ("ferpipe.ensemble", "score an ensemble of trained models on validation and test"),
+    "ensemble": ("ferpipe.ensemble", "score trained models, alone and averaged, on validation and test"),
     "repeat": ("ferpipe.repeat", "run-to-run spread of a short training, train.deterministic off and on"),
+    "pack": ("ferpipe.pack", "pack the prepared train/val images for a machine without the data (a GPU machine)"),
+    "fit": ("ferpipe.fit", "train as the train stage does, without DVC (on such a machine)"),
 }
 
 

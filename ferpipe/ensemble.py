@@ -1,11 +1,11 @@
 """Score an ensemble of trained models (their probabilities averaged) on the validation and test splits.
 
-    ferpipe ensemble MODEL.keras MODEL.keras [...] [--tta MODE] [--output FILE]
+    ferpipe ensemble MODEL.keras [MODEL.keras ...] [--tta MODE] [--output FILE]
 
 Each model, and every combination of two or more of them, is scored on data/prepared's
 validation split; the combination with the best validation accuracy is the one chosen (ties: the
 lowest validation loss), and the test folder only reports what each did (accuracy, loss, macro-F1,
-PublicTest / PrivateTest).
+PublicTest / PrivateTest). A single model is scored alone (one that `ferpipe fit` trained elsewhere, say).
 Models trained on other train/val splits than data/prepared's must not have seen its validation
 images (a model trained with `prepare.drop_defects` qualifies: its split is a subset of the default's).
 TTA mode and batch size default to params.yaml's `evaluate` section, as in the evaluate stage.
@@ -77,15 +77,13 @@ def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> di
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="ferpipe ensemble", description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="+", type=Path, help=".keras files (at least two)")
+    parser.add_argument("models", nargs="+", type=Path, help=".keras files")
     parser.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: params.yaml's evaluate.tta)")
     parser.add_argument("--batch-size", type=int, help="prediction batch (default: params.yaml's evaluate.batch_size)")
     parser.add_argument("--params", default="params.yaml", help="where the defaults come from (default params.yaml)")
     parser.add_argument("--output", type=Path, help="also write every combination's scores as JSON here")
     args = parser.parse_args(argv)
-    files = list(dict.fromkeys(args.models))
-    if len(files) < 2:
-        parser.error("give at least two different model files")
+    files = list(dict.fromkeys(args.models))  # a file given twice is scored once
     if len(files) > MAX_MODELS:
         parser.error(f"at most {MAX_MODELS} models (every combination is scored), got {len(files)}")
     missing = [str(path) for path in files if not path.is_file()]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -50,6 +51,19 @@ def _has_gpu() -> bool:
     except Exception:  # an unusable accelerator is the same as none
         return False
     return False
+
+
+def accelerator_name() -> str | None:
+    """The GPU that the JAX or torch backend computes on (e.g. 'NVIDIA H200'), or None on a CPU."""
+    if not _has_gpu():
+        return None
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.devices()[0].device_kind
+    import torch
+
+    return torch.cuda.get_device_name(0)
 
 
 def resolve_precision(precision: str) -> str:
@@ -544,3 +558,32 @@ def _finished_member(resume_dir, index, member, train_data, val_data) -> MemberR
     # the logs of this process's epochs only: the wall time before the interruption is in seconds_before_resuming
     return MemberRun(model, record["logs"], record["resumed_after"] + len(record["logs"]["val_loss"]), 0.0,
                      record["seconds"] + record["seconds_before_resuming"])
+
+
+def kept_epochs(train: dict, runs: list[MemberRun]) -> list[int]:
+    """The epoch (from 1) whose weights each member keeps, by train.select_by."""
+    return [best_epoch(run.logs, train["select_by"]) + 1 for run in runs]
+
+
+def describe_kept(train: dict, runs: list[MemberRun]) -> str:
+    """'epoch 88' or 'epoch 55 of member 1, epoch 38 of member 2'."""
+    return ", ".join(f"epoch {epoch}" + (f" of member {index + 1}" if len(runs) > 1 else "")
+                     for index, epoch in enumerate(kept_epochs(train, runs)))
+
+
+def run_summary(train: dict, runs: list[MemberRun], val: dict, seconds: float, train_images: int) -> dict:
+    """What a finished training reports: the kept epochs, the saved model's validation accuracy and loss
+    without TTA (`val`, from evaluation.summarize), epochs, wall time and speed over `train_images` images."""
+    starts = list(itertools.accumulate((run.epochs for run in runs), initial=0))  # along the curves
+    images = train_images * sum(run.epochs - run.resumed_after for run in runs)
+    return {
+        # numbered along the curves, which run through the members in turn
+        "kept_epochs": [start + epoch for start, epoch in zip(starts, kept_epochs(train, runs))],
+        "val_accuracy": val["accuracy"],  # the saved model's (members averaged), without TTA
+        "val_loss": val["loss"],
+        "epochs_run": starts[-1],
+        "resumed_after_epoch": sum(run.resumed_after for run in runs),
+        "train_minutes": round(seconds / 60, 1),  # of this process, when resumed
+        "train_minutes_total": round((seconds + sum(run.seconds_before_resuming for run in runs)) / 60, 1),
+        "train_images_per_second": round(images / sum(run.seconds for run in runs), 1) if images else None,
+    }

@@ -10,7 +10,6 @@ After every epoch the run's state goes to models/.resume/, so that an interrupte
 `dvc repro`; a finished run deletes it.
 """
 from ferpipe.stage import run_stage  # first: keeps library caches in the project
-import itertools
 import time
 from pathlib import Path
 
@@ -21,8 +20,8 @@ from dvclive.utils import standardize_metric_name
 from ferpipe import params
 from ferpipe.data import PreparedData
 from ferpipe.evaluation import predict_probabilities, summarize
-from ferpipe.training import (best_epoch, clear_resume_state, cpu_name, describe_models, enable_determinism,
-                              fit_members, resolve_precision)
+from ferpipe.training import (clear_resume_state, cpu_name, describe_kept, describe_models, enable_determinism,
+                              fit_members, resolve_precision, run_summary)
 
 PREPARED_DIR = Path("data/prepared")
 LIVE_DIR = Path("metrics/train")
@@ -60,27 +59,12 @@ def main():
                                   resume_dir=RESUME_DIR)
         val = summarize(y_val, predict_probabilities(model, x_val, "none", batch_size=256))
         seconds = time.monotonic() - start
-        kept_in_member = [best_epoch(run.logs, train["select_by"]) + 1 for run in runs]
-        starts = list(itertools.accumulate((run.epochs for run in runs), initial=0))  # along the curves
-        kept = [start + epoch for start, epoch in zip(starts, kept_in_member)]
-        images = len(x_train) * sum(run.epochs - run.resumed_after for run in runs)
-        live.summary.update({
-            "kept_epochs": kept,  # numbered along the curves, which run through the members in turn
-            "val_accuracy": val["accuracy"],  # the saved model's (members averaged), without TTA
-            "val_loss": val["loss"],
-            "epochs_run": starts[-1],
-            "resumed_after_epoch": sum(run.resumed_after for run in runs),
-            "train_minutes": round(seconds / 60, 1),  # of this process, when resumed
-            "train_minutes_total": round((seconds + sum(run.seconds_before_resuming for run in runs)) / 60, 1),
-            "train_images_per_second": round(images / sum(run.seconds for run in runs), 1) if images else None,
-        })
+        live.summary.update(run_summary(train, runs, val, seconds, len(x_train)))
     MODEL_FILE.parent.mkdir(parents=True, exist_ok=True)
     model.save(MODEL_FILE)
     clear_resume_state(RESUME_DIR)
-    weights = ", ".join(f"epoch {epoch}" + (f" of member {index + 1}" if len(runs) > 1 else "")
-                        for index, epoch in enumerate(kept_in_member))
-    print(f"saved {MODEL_FILE} (weights of {weights}; val accuracy {val['accuracy']:.4f} without TTA) "
-          f"after {seconds / 60:.1f} min")
+    print(f"saved {MODEL_FILE} (weights of {describe_kept(train, runs)}; val accuracy {val['accuracy']:.4f} "
+          f"without TTA) after {seconds / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -77,8 +77,7 @@ def test_a_bad_evaluate_param_is_reported_when_it_is_the_default(prepared_with_m
 
 
 @pytest.mark.parametrize("args, message", [
-    (["model0.keras"], "at least two different model files"),
-    (["model0.keras", "model0.keras"], "at least two different model files"),
+    ([], "the following arguments are required: models"),
     (["model0.keras", "nowhere.keras"], "not found: nowhere.keras"),
     (["model0.keras", "model1.keras", "--tta", "tencrop"], "invalid choice"),
     (["model0.keras", "model1.keras", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
@@ -87,6 +86,17 @@ def test_bad_arguments_are_refused(prepared_with_models, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         ensemble.main(args)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_single_model_is_scored_alone(prepared_with_models, capsys):
+    project, files = prepared_with_models
+    # given twice, scored once: one row, and it is the one chosen
+    assert ensemble.main([str(files[0]), str(files[0]), "--tta", "none", "--output", "one.json"]) == 0
+    result = json.loads((project / "one.json").read_text())
+    assert [row["models"] for row in result["combinations"]] == [[str(files[0])]]
+    x_test, y_test, _ = PreparedData("data/prepared").split("test")
+    probs = predict_probabilities(keras.saving.load_model(files[0]), x_test, "none", 64)
+    assert result["chosen"]["test"]["accuracy"] == pytest.approx(summarize(y_test, probs)["accuracy"])
 
 
 def test_missing_prepared_data_is_reported(prepared_with_models, capsys):

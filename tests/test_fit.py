@@ -1,0 +1,123 @@
+"""ferpipe pack and ferpipe fit: training away from DVC (a lent GPU machine) on the prepared images."""
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import run_stage, set_params, stage_env
+from ferpipe import fit, pack
+from ferpipe.data import PreparedData
+
+
+def ferpipe(project, *args, check=True):
+    result = subprocess.run([sys.executable, "-m", "ferpipe", *args], cwd=project, env=stage_env(project),
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"ferpipe {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def prepared(project, monkeypatch):
+    run_stage(project, "prepare")
+    monkeypatch.chdir(project)
+    return project
+
+
+def test_a_pack_holds_the_prepared_train_and_val_images(prepared):
+    result = ferpipe(prepared, "pack")
+    data = PreparedData("data/prepared")
+    x_train, y_train, _ = data.split("train")
+    x_val, y_val, _ = data.split("val")
+    assert f"{len(x_train)} train and {len(x_val)} validation images" in result.stdout
+    packed = pack.Pack(pack.DEFAULT_PACK)
+    assert packed.differing == 0
+    np.testing.assert_array_equal(packed.train[0], x_train)
+    np.testing.assert_array_equal(packed.train[1], y_train)
+    np.testing.assert_array_equal(packed.val[0], x_val)
+    np.testing.assert_array_equal(packed.val[1], y_val)
+
+
+def test_fit_trains_on_a_pack_as_the_train_stage_does(prepared):
+    ferpipe(prepared, "pack", "--output", "data.npz")
+    set_params(prepared, **{"train.epochs": 2})
+    result = ferpipe(prepared, "fit", "--pack", "data.npz", "--output", "away")
+    summary = json.loads((prepared / "away/summary.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["kept_epochs"][0] in (1, 2)
+    assert summary["images_decoded_differently"] == 0
+    assert summary["backend"] == keras.backend.backend() and summary["train"]["epochs"] == 2
+    epochs = [json.loads(line) for line in (prepared / "away/epochs.jsonl").read_text().splitlines()]
+    assert [(e["member"], e["epoch"]) for e in epochs] == [(1, 1), (1, 2)]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(epochs[0])
+    model = keras.saving.load_model(prepared / "away/model.keras")
+    x_val, _, _ = PreparedData("data/prepared").split("val")
+    assert model.predict(x_val[..., None].astype("float32"), verbose=0).shape == (len(x_val), 7)
+    assert "saved away/model.keras" in result.stdout
+    assert not (prepared / "away/resume").exists()
+
+
+def test_fit_reads_data_prepared_without_a_pack(prepared):
+    assert fit.main(["--output", "away"]) == 0
+    assert json.loads((prepared / "away/summary.json").read_text())["data"] == "data/prepared"
+
+
+def test_a_pack_whose_pixels_decode_differently_is_flagged(prepared, tmp_path):
+    pack.write_pack(pack.PREPARED_DIR, tmp_path / "good.npz")
+    with np.load(tmp_path / "good.npz") as stored:
+        fields = dict(stored)
+    fields["digests"] = fields["digests"].copy()
+    fields["digests"][:3] += np.uint64(1)  # as if another decoder had changed three images
+    np.savez(tmp_path / "other.npz", **fields)
+    assert pack.Pack(tmp_path / "other.npz").differing == 3
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not found: make it with `ferpipe pack`"),
+    (b"not a pack", "is not a pack made by `ferpipe pack`"),
+    ("format", "is a pack of format old-format"),
+])
+def test_a_missing_or_foreign_pack_is_refused(prepared, tmp_path, capsys, content, message):
+    path = tmp_path / "pack.npz"
+    if content == "format":
+        pack.write_pack(pack.PREPARED_DIR, path)
+        with np.load(path) as stored:
+            fields = dict(stored, format=np.array("old-format"))
+        np.savez(path, **fields)
+    elif content is not None:
+        path.write_bytes(content)
+    assert fit.main(["--pack", str(path), "--output", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_pack_needs_the_prepare_stage_and_its_images(project, monkeypatch, capsys):
+    monkeypatch.chdir(project)
+    assert pack.main([]) == 2
+    assert "run the prepare stage first (dvc repro prepare)" in capsys.readouterr().err
+    run_stage(project, "prepare")
+    first = PreparedData("data/prepared").index.query("split == 'train'")["path"].iloc[0]
+    (project / first).unlink()
+    assert pack.main([]) == 2
+    assert f"1 image files of data/prepared are missing, the first {first}" in capsys.readouterr().err
+
+
+def test_fit_refuses_a_bad_param_before_any_work(prepared, capsys):
+    set_params(prepared, **{"train.epochs": 0})
+    assert fit.main(["--output", "away"]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+    assert not (prepared / "away").exists()
+
+
+def test_fit_needs_an_output_folder(prepared, capsys):
+    with pytest.raises(SystemExit):
+        fit.main([])
+    assert "--output" in capsys.readouterr().err
+
+
+def test_prepared_md5_comes_from_dvc_lock(tmp_path):
+    lock = tmp_path / "dvc.lock"
+    lock.write_text("schema: '2.0'\nstages:\n  prepare:\n    outs:\n    - path: data/prepared\n      md5: abc.dir\n")
+    assert pack.prepared_md5(lock) == "abc.dir"
+    assert pack.prepared_md5(tmp_path / "none.lock") == ""
