@@ -4,7 +4,7 @@ CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"
 IMAGE_SIZE = 48
 CROP_SIZE = 44  # train.augment.crop: random 44x44 crops in training, the centre one at inference
 CROP_MARGIN = (IMAGE_SIZE - CROP_SIZE) // 2  # pixels between the centre crop and each edge
-MODELS = ("seed", "compact", "small", "lean", "strided", "vgg")  # train.model; see ferpipe.model.build_model
+MODELS = ("seed", "compact", "small", "lean", "strided", "residual", "vgg")  # train.model; see ferpipe.model.build_model
 # Test-time augmentation: none, the mirror image, mirror x zoom 0.9/1.0/1.1 (6 views), those x rotation
 # -10/0/+10 degrees (18 views), or the centre and four corner 44x44 crops and their mirrors (10 views).
 TTA_MODES = ("none", "flip", "flip_zoom", "flip_zoom_rotate", "ten_crop")

@@ -4,7 +4,7 @@
 2. inference of the deployed model: faces/s in batches and single-face latency (p50, p99),
    for Keras and for the ONNX export under ONNX Runtime.
 
-    ferpipe bench [--models seed compact small lean strided vgg] [--train-images 1024] [--rounds 3]
+    ferpipe bench [--models seed compact small lean strided residual vgg] [--train-images 1024] [--rounds 3]
                   [--batch-size strided=128 ...] [--precision auto] [--fused | --no-fused]
                   [--no-training] [--no-inference] [--latency-runs 1000]
 
@@ -29,7 +29,7 @@ from ferpipe import IMAGE_SIZE, MODELS, params as params_module
 from ferpipe.inference import INT8_FILE, KERAS_FILE, ONNX_FILE, OnnxModel
 from ferpipe.training import compile_model, cpu_name, member_models, one_hot, set_precision
 
-DEFAULT_WIDTH = {"seed": 64, "compact": 32, "small": 16, "lean": 16, "strided": 24, "vgg": 64}
+DEFAULT_WIDTH = {"seed": 64, "compact": 32, "small": 16, "lean": 16, "strided": 24, "residual": 32, "vgg": 64}
 SEED_48 = "seed (48 px)"
 
 

@@ -17,26 +17,41 @@ def inference_graph(model: keras.Model) -> keras.Model:
     """The same network in float32 without its augmentation layers (they only act in training).
 
     ONNX export needs a float32 graph, and the random layers would otherwise be traced into it.
-    Each trained network is a chain of layers, so it is rebuilt layer by layer with copied weights;
-    an ensemble's members are rebuilt side by side and their probabilities averaged again.
+    Each trained network is rebuilt with float32 copies of its layers and their weights, its random
+    layers passed over; an ensemble's members are rebuilt side by side and their probabilities averaged again.
     """
     inputs = keras.Input(model.input_shape[1:], name=INPUT_NAME)
     members = members_of(model)
-    outputs = [_float32_chain(member, inputs, prefix=f"{member.name}_" if len(members) > 1 else "")
+    outputs = [_float32_copy(member, inputs, prefix=f"{member.name}_" if len(members) > 1 else "")
                for member in members]
     x = outputs[0] if len(outputs) == 1 else keras.layers.Average(dtype="float32", name="probabilities")(outputs)
     return keras.Model(inputs, x, name=f"{model.name}_inference")
 
 
-def _float32_chain(network: keras.Model, x, prefix: str):
-    for layer in network.layers[1:]:
-        if layer.__class__.__name__.startswith("Random"):
-            continue
-        config = layer.get_config() | {"dtype": "float32", "name": prefix + layer.name}
-        clone = layer.__class__.from_config(config)
-        x = clone(x)
-        clone.set_weights(layer.get_weights())
-    return x
+def _is_random(layer) -> bool:
+    return layer.__class__.__name__.startswith("Random")
+
+
+def _float32_copy(network: keras.Model, inputs, prefix: str):
+    """`network`'s output rebuilt on `inputs` (any graph of layers, not only a chain). The random layers are
+    passed over, not replaced by identity layers: after those, BatchNormalization exported to ONNX
+    normalised with batch statistics (seen with Keras 3.15: probabilities off by 0.07)."""
+    originals = {}
+
+    def float32_layer(layer):
+        if _is_random(layer):
+            return layer  # never called: see skip_random
+        originals[prefix + layer.name] = layer
+        return layer.__class__.from_config(layer.get_config() | {"dtype": "float32", "name": prefix + layer.name})
+
+    def skip_random(layer, *args, **kwargs):
+        return args[0] if _is_random(layer) else layer(*args, **kwargs)
+
+    copy = keras.models.clone_model(network, input_tensors=inputs, clone_function=float32_layer,
+                                    call_function=skip_random)
+    for name, layer in originals.items():
+        copy.get_layer(name).set_weights(layer.get_weights())
+    return copy.outputs[0]
 
 
 def export_onnx(model: keras.Model, path) -> keras.Model:

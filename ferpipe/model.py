@@ -114,6 +114,17 @@ def _dense_bn_relu(x, units):
     return layers.Activation("relu")(x)
 
 
+def _residual_block(x, filters, strides=1):
+    """Two 3x3 convs added to the block's input (through a 1x1 conv where the shape changes), then ReLU."""
+    shortcut = x
+    x = _conv_bn_relu(x, filters, strides=strides)
+    x = layers.BatchNormalization()(layers.Conv2D(filters, 3, padding="same", use_bias=False)(x))
+    if strides != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False)(shortcut)
+        shortcut = layers.BatchNormalization()(shortcut)
+    return layers.Activation("relu")(layers.Add()([x, shortcut]))
+
+
 def _seed_body(x, width, dropout):
     """The seed notebook's network: 4 conv blocks 64-128-512-512, dense 256-512 (~4.5M params at width 64)."""
     for filters, kernel in ((width, 3), (2 * width, 5), (8 * width, 3), (8 * width, 3)):
@@ -165,6 +176,14 @@ def build_model(train: dict, name: str | None = None) -> keras.Model:
         # conv and a max-pool at full resolution: a full-resolution layer costs most per multiply-add here
         x = _conv_bn_relu(x, width, strides=2)
         x = _vgg_body(x, 2 * width, dropout, (2, 2, 2), head_units=256)
+    elif network == "residual":
+        # strided's stem, then one residual block at 22, 11 and 6 px (widths w, 2w, 4w): its depth at fewer
+        # multiply-adds; no dropout inside the blocks
+        x = _conv_bn_relu(x, width, strides=2)
+        for block, strides in enumerate((1, 2, 2)):
+            x = _residual_block(x, width * 2**block, strides)
+        x = layers.Flatten()(layers.MaxPooling2D()(x))
+        x = layers.Dropout(dropout)(_dense_bn_relu(x, 256))
     elif network == "vgg":
         x = _vgg_body(x, width, dropout, (2, 2, 3, 3), head_units=512)
     else:

@@ -14,10 +14,10 @@ from ferpipe.model import build_model, ensemble
 AUGMENT = {"rotation": 20, "zoom": 0.2, "flip": True, "translate": 0.1, "erasing": 0.3, "crop": True, "fused": False}
 
 
-def tiny_model(policy):
+def tiny_model(policy, network="compact"):
     keras.mixed_precision.set_global_policy(policy)
     try:
-        return build_model({"model": "compact", "width": 4, "dropout": 0.1, "augment": AUGMENT})
+        return build_model({"model": network, "width": 4, "dropout": 0.1, "augment": AUGMENT})
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -26,8 +26,10 @@ def faces(n=40):
     return np.random.default_rng(1).integers(0, 256, (n, 48, 48, 1)).astype("float32")
 
 
-def test_inference_graph_drops_augmentation_and_computes_in_float32():
-    model = tiny_model("mixed_bfloat16")
+# residual: a graph of layers with shortcuts, not a chain
+@pytest.mark.parametrize("network", ["compact", "residual"])
+def test_inference_graph_drops_augmentation_and_computes_in_float32(network):
+    model = tiny_model("mixed_bfloat16", network)
     graph = inference_graph(model)
     assert not [layer for layer in graph.layers if layer.__class__.__name__.startswith("Random")]
     assert {layer.dtype_policy.name for layer in graph.layers} == {"float32"}
@@ -36,8 +38,9 @@ def test_inference_graph_drops_augmentation_and_computes_in_float32():
     np.testing.assert_allclose(graph.predict(faces(), verbose=0), model.predict(faces(), verbose=0), atol=2e-2)
 
 
-def test_onnx_export_matches_keras(tmp_path):
-    model = tiny_model("float32")
+@pytest.mark.parametrize("network", ["compact", "residual"])
+def test_onnx_export_matches_keras(tmp_path, network):
+    model = tiny_model("float32", network)
     graph = export_onnx(model, tmp_path / "model.onnx")
     exported = OnnxModel(tmp_path / "model.onnx")
     x = faces()

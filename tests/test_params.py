@@ -39,7 +39,7 @@ def with_value(good, dotted, value):
         ("train.epochs", 2.5, "train.epochs: got 2.5, expected an integer"),
         ("train.epochs", 0, "train.epochs"),
         ("train.batch_size", True, "train.batch_size"),
-        ("train.model", "resnet", "train.model: got 'resnet', expected one of 'seed', 'compact', 'small', 'lean', 'strided', 'vgg'"),
+        ("train.model", "resnet", "train.model: got 'resnet', expected one of 'seed', 'compact', 'small', 'lean', 'strided', 'residual', 'vgg'"),
         ("train.model", ["small", "resnet"], "train.model: got ['small', 'resnet'], expected one of"),
         ("train.model", [], "train.model: got [], expected one of"),
         ("train.model", [["small"]], "or a list of them (one per member)"),
