@@ -105,7 +105,7 @@ def main(argv=None):
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted; run the same command again to go on from the last completed epoch", file=sys.stderr)
+        print("interrupted; run the same command again to go on from the last completed epoch", file=sys.stderr)
         return 130
     return 0
 

@@ -35,11 +35,12 @@ def pixel_digests(images: np.ndarray) -> np.ndarray:
                                     "little") for image in images], dtype=np.uint64)
 
 
-def prepared_md5(lock_file=Path("dvc.lock")) -> str:
-    """data/prepared's hash as dvc.lock records it ('' when there is no record): which prepare run a pack holds."""
+def prepared_md5(prepared_dir=PREPARED_DIR, lock_file=Path("dvc.lock")) -> str:
+    """The prepare stage's output hash as dvc.lock records it ('' for a folder it does not record): which
+    prepare run a pack holds."""
     try:
         stage = yaml.safe_load(Path(lock_file).read_text())["stages"]["prepare"]
-        return next(out["md5"] for out in stage["outs"] if out["path"] == str(PREPARED_DIR))
+        return next(out["md5"] for out in stage["outs"] if Path(out["path"]) == Path(prepared_dir))
     except (OSError, KeyError, TypeError, StopIteration, yaml.YAMLError):
         return ""
 
@@ -60,7 +61,7 @@ def write_pack(prepared_dir: Path, output: Path) -> dict:
     np.savez(partial, format=np.array(FORMAT), files=np.concatenate(files),
              offsets=np.cumsum([0] + [len(f) for f in files], dtype=np.int64), labels=labels,
              is_val=(data.index["split"].iloc[rows] == "val").to_numpy(),
-             digests=pixel_digests(data.images[rows]), prepared_md5=np.array(prepared_md5()))
+             digests=pixel_digests(data.images[rows]), prepared_md5=np.array(prepared_md5(prepared_dir)))
     partial.replace(output)
     return {"train": int((data.index["split"].iloc[rows] == "train").sum()),
             "val": int((data.index["split"].iloc[rows] == "val").sum()), "bytes": output.stat().st_size}

@@ -119,5 +119,6 @@ def test_fit_needs_an_output_folder(prepared, capsys):
 def test_prepared_md5_comes_from_dvc_lock(tmp_path):
     lock = tmp_path / "dvc.lock"
     lock.write_text("schema: '2.0'\nstages:\n  prepare:\n    outs:\n    - path: data/prepared\n      md5: abc.dir\n")
-    assert pack.prepared_md5(lock) == "abc.dir"
-    assert pack.prepared_md5(tmp_path / "none.lock") == ""
+    assert pack.prepared_md5("data/prepared", lock) == "abc.dir"
+    assert pack.prepared_md5("elsewhere", lock) == ""
+    assert pack.prepared_md5("data/prepared", tmp_path / "none.lock") == ""
