@@ -68,8 +68,7 @@ def fit_to_folder(train: dict, output: Path, pack: Path | None, prepared: Path) 
     output.mkdir(parents=True, exist_ok=True)
     resume_dir = output / "resume"
     log_file = output / "epochs.jsonl"
-    if not resume_dir.exists():
-        log_file.unlink(missing_ok=True)  # a resumed run replays its earlier epochs into the log
+    log_file.unlink(missing_ok=True)  # a resumed run replays its earlier epochs into the log
     machine = {"backend": keras.backend.backend(), "accelerator": accelerator_name(), "cpu": cpu_name(),
                "precision": resolve_precision(train["precision"])}
     print(f"training {describe_models(train)} (width {train['width']}) on {len(x_train)} images, validating on "

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import cv2
@@ -48,6 +50,9 @@ def prepared_md5(prepared_dir=PREPARED_DIR, lock_file=Path("dvc.lock")) -> str:
 def write_pack(prepared_dir: Path, output: Path) -> dict:
     """Pack the train and val splits of `prepared_dir`; returns counts and the size in bytes."""
     data = PreparedData(prepared_dir)
+    for split in ("train", "val"):
+        if not (data.index["split"] == split).any():
+            raise FerError(f"{prepared_dir} has no {split} images to pack (see prepare.val_fraction)")
     rows = np.flatnonzero(data.index["split"].isin(["train", "val"]).to_numpy())
     paths = data.index["path"].iloc[rows].tolist()
     missing = [path for path in paths if not Path(path).is_file()]
@@ -79,16 +84,19 @@ class Pack:
         try:
             with np.load(path, allow_pickle=False) as stored:
                 fields = {name: stored[name] for name in FIELDS}
-        except (OSError, ValueError, KeyError) as err:
-            raise FerError(f"{path} is not a pack made by `ferpipe pack` ({err})") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise FerError(f"{path} is not a pack made by `ferpipe pack`, or a damaged one ({err})") from None
         if str(fields["format"]) != FORMAT:
             raise FerError(f"{path} is a pack of format {fields['format']}, this code reads {FORMAT}: "
                            "make it again with this code's `ferpipe pack`")
         files, offsets = fields["files"], fields["offsets"]
+        count = len(fields["labels"])
+        if not count or len(offsets) != count + 1 or len(fields["digests"]) != count or len(fields["is_val"]) != count:
+            raise FerError(f"{path} is damaged: its image, label and digest counts disagree; make it again")
         images = []
         for start, end in zip(offsets[:-1], offsets[1:]):
             decoded = cv2.imdecode(files[start:end], cv2.IMREAD_UNCHANGED)
-            if decoded is None:
+            if decoded is None or decoded.size == 0:
                 raise FerError(f"{path}: image {len(images)} does not decode; make the pack again")
             images.append(to_model_input(decoded)[0])
         images = np.stack(images)

@@ -534,8 +534,7 @@ def _keep_finished_member(resume_dir, index, member, train_data, val_data, run: 
     checkpoint_dir, model_file, record_file = _member_paths(resume_dir, index)
     run.model.save(model_file)
     _sync(model_file)
-    record = {"fingerprint": fingerprint(member, *train_data, *val_data), "logs": run.logs,
-              "resumed_after": run.resumed_after, "seconds": run.seconds,
+    record = {"fingerprint": fingerprint(member, *train_data, *val_data), "logs": run.logs, "seconds": run.seconds,
               "seconds_before_resuming": run.seconds_before_resuming}
     partial = record_file.with_suffix(".json.partial")
     partial.write_text(json.dumps(record))
@@ -555,8 +554,9 @@ def _finished_member(resume_dir, index, member, train_data, val_data) -> MemberR
         model = load_model(model_file)
     except Exception:  # absent, from other params or data, or unreadable: train the member again
         return None
-    # the logs of this process's epochs only: the wall time before the interruption is in seconds_before_resuming
-    return MemberRun(model, record["logs"], record["resumed_after"] + len(record["logs"]["val_loss"]), 0.0,
+    # all of its epochs were done before this process (its logs hold them all, also when it had itself been
+    # resumed); the wall time before the interruption is in seconds_before_resuming
+    return MemberRun(model, record["logs"], len(record["logs"]["val_loss"]), 0.0,
                      record["seconds"] + record["seconds_before_resuming"])
 
 

@@ -54,9 +54,9 @@ def test_onnx_export_matches_keras(tmp_path, network):
 
 def test_an_ensemble_exports_to_onnx_with_the_members_averaged(tmp_path):
     members = []
-    for index in range(2):
+    for index, network in enumerate(("compact", "residual")):
         keras.utils.set_random_seed(index)
-        member = build_model({"model": "compact", "width": 4, "dropout": 0.1, "augment": AUGMENT},
+        member = build_model({"model": network, "width": 4, "dropout": 0.1, "augment": AUGMENT},
                              name=f"member_{index + 1}")
         members.append(member)
     model = ensemble(members)

@@ -59,6 +59,45 @@ def test_fit_trains_on_a_pack_as_the_train_stage_does(prepared):
     assert not (prepared / "away/resume").exists()
 
 
+def test_fit_records_a_pack_that_decodes_differently(prepared, capsys):
+    pack.write_pack(pack.PREPARED_DIR, prepared / "good.npz")
+    with np.load(prepared / "good.npz") as stored:
+        fields = dict(stored)
+    fields["digests"] = fields["digests"] + np.uint64(1)  # as if another decoder had changed every image
+    np.savez(prepared / "other.npz", **fields)
+    assert fit.main(["--pack", "other.npz", "--output", "away"]) == 0
+    assert f"WARNING: {len(fields['labels'])} images of the pack decode to other pixels" in capsys.readouterr().out
+    assert json.loads((prepared / "away/summary.json").read_text())["images_decoded_differently"] == len(fields["labels"])
+
+
+def test_an_interrupted_fit_goes_on_and_logs_each_epoch_once(prepared, monkeypatch, capsys):
+    set_params(prepared, **{"train.epochs": 3})
+    logger = fit.epoch_logger
+
+    def interrupting_logger(path):
+        callback = logger(path)
+        log_epoch = callback.on_epoch_end
+
+        def on_epoch_end(epoch, logs=None):
+            log_epoch(epoch, logs)
+            if epoch == 1:
+                raise KeyboardInterrupt  # Ctrl-C after epoch 2
+        callback.on_epoch_end = on_epoch_end
+        return callback
+
+    monkeypatch.setattr(fit, "epoch_logger", interrupting_logger)
+    assert fit.main(["--output", "away"]) == 130
+    assert "run the same command again" in capsys.readouterr().err
+    assert (prepared / "away/resume").is_dir() and not (prepared / "away/model.keras").exists()
+    monkeypatch.setattr(fit, "epoch_logger", logger)
+    assert fit.main(["--output", "away"]) == 0
+    epochs = [json.loads(line) for line in (prepared / "away/epochs.jsonl").read_text().splitlines()]
+    assert [(e["member"], e["epoch"]) for e in epochs] == [(1, 1), (1, 2), (1, 3)]
+    summary = json.loads((prepared / "away/summary.json").read_text())
+    assert summary["epochs_run"] == 3 and summary["resumed_after_epoch"] == 2
+    assert not (prepared / "away/resume").exists()
+
+
 def test_fit_reads_data_prepared_without_a_pack(prepared):
     assert fit.main(["--output", "away"]) == 0
     assert json.loads((prepared / "away/summary.json").read_text())["data"] == "data/prepared"
@@ -76,16 +115,23 @@ def test_a_pack_whose_pixels_decode_differently_is_flagged(prepared, tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (None, "not found: make it with `ferpipe pack`"),
-    (b"not a pack", "is not a pack made by `ferpipe pack`"),
+    (b"not a pack", "is not a pack made by `ferpipe pack`, or a damaged one"),
+    ("truncated", "is not a pack made by `ferpipe pack`, or a damaged one"),
     ("format", "is a pack of format old-format"),
+    ("counts", "is damaged: its image, label and digest counts disagree"),
 ])
-def test_a_missing_or_foreign_pack_is_refused(prepared, tmp_path, capsys, content, message):
+def test_a_missing_foreign_or_damaged_pack_is_refused(prepared, tmp_path, capsys, content, message):
     path = tmp_path / "pack.npz"
-    if content == "format":
+    if content in ("truncated", "format", "counts"):
         pack.write_pack(pack.PREPARED_DIR, path)
         with np.load(path) as stored:
-            fields = dict(stored, format=np.array("old-format"))
-        np.savez(path, **fields)
+            fields = dict(stored)
+        if content == "truncated":  # a copy broken off half way
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        else:
+            fields["format" if content == "format" else "labels"] = (
+                np.array("old-format") if content == "format" else fields["labels"][:-1])
+            np.savez(path, **fields)
     elif content is not None:
         path.write_bytes(content)
     assert fit.main(["--pack", str(path), "--output", str(tmp_path / "out")]) == 2
@@ -101,6 +147,14 @@ def test_pack_needs_the_prepare_stage_and_its_images(project, monkeypatch, capsy
     (project / first).unlink()
     assert pack.main([]) == 2
     assert f"1 image files of data/prepared are missing, the first {first}" in capsys.readouterr().err
+
+
+def test_pack_needs_train_and_validation_images(project, monkeypatch, capsys):
+    set_params(project, **{"prepare.val_fraction": 0.05})  # under one image a class in the tiny tree
+    run_stage(project, "prepare")
+    monkeypatch.chdir(project)
+    assert pack.main([]) == 2
+    assert "data/prepared has no val images to pack (see prepare.val_fraction)" in capsys.readouterr().err
 
 
 def test_fit_refuses_a_bad_param_before_any_work(prepared, capsys):

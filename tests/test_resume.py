@@ -207,3 +207,18 @@ def test_a_killed_ensemble_keeps_its_finished_member_and_resumes_the_next(repo):
     assert export["float32"]["parity"]["max_probability_difference"] < 1e-4
     assert export["float32"]["parity"]["label_agreement"] == 1.0
     assert set(json.loads((repo / "metrics/evaluate.json").read_text())["tta"]["test"]) == set(TTA_MODES)
+
+
+def test_a_kept_member_counts_all_its_epochs_as_done_before_this_run(tmp_path):
+    """A member finished (after being resumed once) before an interruption in the next member: all of its epochs
+    were done before the run that keeps it, not more."""
+    images, labels = tiny_data()
+    train_data, val_data = (images, labels), tiny_data(14, 1)
+    member = recipe(width=8, epochs=3)
+    model = training.build_model(member)
+    logs = {"loss": [1.0, 0.9, 0.8], "val_loss": [1.0, 0.9, 0.8]}
+    finished = training.MemberRun(model, logs, resumed_after=2, seconds=5.0, seconds_before_resuming=7.0)
+    training._keep_finished_member(tmp_path, 0, member, train_data, val_data, finished)
+    kept = training._finished_member(tmp_path, 0, member, train_data, val_data)
+    assert kept.resumed_after == 3 and kept.epochs == 3
+    assert kept.seconds == 0.0 and kept.seconds_before_resuming == 12.0
