@@ -50,10 +50,11 @@ def prepared_md5(prepared_dir=PREPARED_DIR, lock_file=Path("dvc.lock")) -> str:
 def write_pack(prepared_dir: Path, output: Path) -> dict:
     """Pack the train and val splits of `prepared_dir`; returns counts and the size in bytes."""
     data = PreparedData(prepared_dir)
-    for split in ("train", "val"):
-        if not (data.index["split"] == split).any():
+    counts = {split: int((data.index["split"] == split).sum()) for split in ("train", "val")}
+    for split, count in counts.items():
+        if not count:
             raise FerError(f"{prepared_dir} has no {split} images to pack (see prepare.val_fraction)")
-    rows = np.flatnonzero(data.index["split"].isin(["train", "val"]).to_numpy())
+    rows = np.flatnonzero(data.index["split"].isin(list(counts)).to_numpy())
     paths = data.index["path"].iloc[rows].tolist()
     missing = [path for path in paths if not Path(path).is_file()]
     if missing:
@@ -68,9 +69,7 @@ def write_pack(prepared_dir: Path, output: Path) -> dict:
              is_val=(data.index["split"].iloc[rows] == "val").to_numpy(),
              digests=pixel_digests(data.images[rows]), prepared_md5=np.array(prepared_md5(prepared_dir)))
     partial.replace(output)
-    return {"train": int((data.index["split"].iloc[rows] == "train").sum()),
-            "val": int((data.index["split"].iloc[rows] == "val").sum()), "bytes": output.stat().st_size}
-
+    return {**counts, "bytes": output.stat().st_size}
 
 class Pack:
     """A pack's images decoded as the prepare stage decodes them: train and val (images, labels), and the
