@@ -59,12 +59,21 @@ def test_fit_trains_on_a_pack_as_the_train_stage_does(prepared):
     assert not (prepared / "away/resume").exists()
 
 
-def test_fit_records_a_pack_that_decodes_differently(prepared, capsys):
-    pack.write_pack(pack.PREPARED_DIR, prepared / "good.npz")
-    with np.load(prepared / "good.npz") as stored:
+def changed_pack(path, **changes):
+    """A pack of data/prepared written to `path`, with `changes` (field -> function of the stored value) applied;
+    returns its fields."""
+    pack.write_pack(pack.PREPARED_DIR, path)
+    with np.load(path) as stored:
         fields = dict(stored)
-    fields["digests"] = fields["digests"] + np.uint64(1)  # as if another decoder had changed every image
-    np.savez(prepared / "other.npz", **fields)
+    if changes:
+        fields.update({name: change(fields[name]) for name, change in changes.items()})
+        np.savez(path, **fields)
+    return fields
+
+
+def test_fit_records_a_pack_that_decodes_differently(prepared, capsys):
+    # as if another decoder had changed every image
+    fields = changed_pack(prepared / "other.npz", digests=lambda digests: digests + np.uint64(1))
     assert fit.main(["--pack", "other.npz", "--output", "away"]) == 0
     assert f"WARNING: {len(fields['labels'])} images of the pack decode to other pixels" in capsys.readouterr().out
     assert json.loads((prepared / "away/summary.json").read_text())["images_decoded_differently"] == len(fields["labels"])
@@ -104,36 +113,31 @@ def test_fit_reads_data_prepared_without_a_pack(prepared):
 
 
 def test_a_pack_whose_pixels_decode_differently_is_flagged(prepared, tmp_path):
-    pack.write_pack(pack.PREPARED_DIR, tmp_path / "good.npz")
-    with np.load(tmp_path / "good.npz") as stored:
-        fields = dict(stored)
-    fields["digests"] = fields["digests"].copy()
-    fields["digests"][:3] += np.uint64(1)  # as if another decoder had changed three images
-    np.savez(tmp_path / "other.npz", **fields)
+    def change_three(digests):  # as if another decoder had changed three images
+        digests = digests.copy()
+        digests[:3] += np.uint64(1)
+        return digests
+
+    changed_pack(tmp_path / "other.npz", digests=change_three)
     assert pack.Pack(tmp_path / "other.npz").differing == 3
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "not found: make it with `ferpipe pack`"),
-    (b"not a pack", "is not a pack made by `ferpipe pack`, or a damaged one"),
-    ("truncated", "is not a pack made by `ferpipe pack`, or a damaged one"),
-    ("format", "is a pack of format old-format"),
-    ("counts", "is damaged: its image, label and digest counts disagree"),
-])
-def test_a_missing_foreign_or_damaged_pack_is_refused(prepared, tmp_path, capsys, content, message):
+def truncate(path):  # a copy broken off half way
+    changed_pack(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: None, "not found: make it with `ferpipe pack`"),
+    (lambda path: path.write_bytes(b"not a pack"), "is not a pack made by `ferpipe pack`, or a damaged one"),
+    (truncate, "is not a pack made by `ferpipe pack`, or a damaged one"),
+    (lambda path: changed_pack(path, format=lambda _: np.array("old-format")), "is a pack of format old-format"),
+    (lambda path: changed_pack(path, labels=lambda labels: labels[:-1]),
+     "is damaged: its image, label and digest counts disagree"),
+], ids=["missing", "foreign", "truncated", "old format", "counts"])
+def test_a_missing_foreign_or_damaged_pack_is_refused(prepared, tmp_path, capsys, damage, message):
     path = tmp_path / "pack.npz"
-    if content in ("truncated", "format", "counts"):
-        pack.write_pack(pack.PREPARED_DIR, path)
-        with np.load(path) as stored:
-            fields = dict(stored)
-        if content == "truncated":  # a copy broken off half way
-            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-        else:
-            fields["format" if content == "format" else "labels"] = (
-                np.array("old-format") if content == "format" else fields["labels"][:-1])
-            np.savez(path, **fields)
-    elif content is not None:
-        path.write_bytes(content)
+    damage(path)
     assert fit.main(["--pack", str(path), "--output", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
 
