@@ -42,6 +42,7 @@ def repo(project):
     return project
 
 
+@pytest.mark.slow
 def test_repro_noop_visualize_only_and_experiment(repo, fer_tree):
     out = dvc(repo, "repro")
     assert stages_run(out) == set(STAGES)
@@ -98,6 +99,7 @@ def test_repro_noop_visualize_only_and_experiment(repo, fer_tree):
     assert "metrics/evaluate.json" in dvc(repo, "metrics", "diff", "--all")
 
 
+@pytest.mark.slow
 def test_stages_write_only_into_data_models_metrics_and_plots(project, tmp_path):
     """Keras' config, Matplotlib's font cache, ONNX Runtime's device id and temporary files would
     otherwise land in the home directory and /tmp."""
@@ -117,6 +119,7 @@ def test_stages_write_only_into_data_models_metrics_and_plots(project, tmp_path)
     assert written and outside == []
 
 
+@pytest.mark.slow
 def test_two_members_are_trained_in_turn_and_their_kept_epochs_reported(project):
     set_params(project, **{"train.members": 2, "train.epochs": 2, "train.model": ["small", "lean"], "train.width": 8})
     run_stage(project, "prepare")

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import set_params, stage_env
+from conftest import load_stage, set_params, stage_env
 from ferpipe import TTA_MODES, training
 from test_model_and_training import recipe, tiny_data
 from test_pipeline import dvc, repo  # noqa: F401  (repo is a fixture)
@@ -155,6 +155,7 @@ runpy.run_path("stages/train.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_dvc_repro_resumes_a_killed_train_stage_and_leaves_no_state_behind(repo):  # noqa: F811
     set_params(repo, **{"train.epochs": 4, "train.early_stopping_patience": 10})
     dvc(repo, "repro", "prepare")
@@ -175,7 +176,8 @@ def test_dvc_repro_resumes_a_killed_train_stage_and_leaves_no_state_behind(repo)
     assert (repo / "models/model.keras").is_file()
 
 
-def test_a_killed_ensemble_keeps_its_finished_member_and_resumes_the_next(repo):  # noqa: F811
+@pytest.mark.slow
+def test_a_killed_ensemble_keeps_its_finished_member_and_resumes_the_next(repo, monkeypatch):  # noqa: F811
     set_params(repo, **{"train.members": 2, "train.epochs": 3, "train.early_stopping_patience": 10})
     dvc(repo, "repro", "prepare")
     killer = repo / "kill_after_epochs.py"
@@ -199,13 +201,10 @@ def test_a_killed_ensemble_keeps_its_finished_member_and_resumes_the_next(repo):
     model = keras.saving.load_model(repo / "models/model.keras")
     assert [layer.name for layer in model.layers if isinstance(layer, keras.Model)] == ["member_1", "member_2"]
 
-    # The ensemble goes through the rest of the pipeline like a single network.
-    out = dvc(repo, "repro")
-    assert {"evaluate", "export", "visualize"} <= {s for s in ("evaluate", "export", "visualize")
-                                                   if f"Running stage '{s}'" in out}
-    export = json.loads((repo / "metrics/export.json").read_text())
-    assert export["float32"]["parity"]["max_probability_difference"] < 1e-4
-    assert export["float32"]["parity"]["label_agreement"] == 1.0
+    # The resumed ensemble is evaluated like a single network (in this process: the stage's import of TensorFlow
+    # costs more than its work here; the ensemble's ONNX export is in test_export).
+    monkeypatch.chdir(repo)
+    load_stage(repo, "evaluate").main()
     assert set(json.loads((repo / "metrics/evaluate.json").read_text())["tta"]["test"]) == set(TTA_MODES)
 
 
