@@ -21,13 +21,13 @@ if _WORKERS > 1:
         os.environ.setdefault(_variable, str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("ferpipe", "stages", "teachers", "dvc.yaml", "params.yaml", "pyproject.toml")
 
 
 def pytest_collection_modifyitems(items):
     """Tests marked `slow` first: pytest-xdist hands tests out in this order, so the long ones start
     early and the workers finish together instead of one running a long test alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: otherwise in file order
-PROJECT_FILES = ("ferpipe", "stages", "teachers", "dvc.yaml", "params.yaml", "pyproject.toml")
 
 
 def write_fer_tree(root: Path, train_per_class=6, test_per_class=2, seed=0) -> Path:
