@@ -16,7 +16,7 @@ def test_deterministic_runs_give_identical_evaluate_json_and_model(project, monk
     evaluate_stage = load_stage(project, "evaluate")
     outputs = []
     for _ in range(2):
-        run_stage(project, "train")  # a fresh process each time, as dvc repro starts
+        run_stage(project, "train")  # a fresh process each time, as dvc repro starts one
         evaluate_stage.main()  # in this process: the stage's import of TensorFlow costs more than its work here
         outputs.append(((project / "metrics/evaluate.json").read_text(),
                         (project / "metrics/train/metrics.json").read_text()))
