@@ -41,6 +41,13 @@ def choose(rows: list[dict]) -> dict:
     return max(rows, key=lambda row: (row["validation"]["accuracy"], -row["validation"]["loss"]))
 
 
+def _load(path: Path, load_model):
+    try:
+        return load_model(path)
+    except Exception as err:  # Keras raises ValueError (and zipfile/h5py errors) for a damaged or foreign file
+        raise FerError(f"{path} cannot be loaded as a Keras model (damaged or incomplete?): {err}") from err
+
+
 def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> dict:
     """Scores of each model and of each combination; 'chosen' is the best on validation."""
     import numpy as np
@@ -55,7 +62,7 @@ def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> di
     if not len(x_val):
         raise FerError("data/prepared has no validation split to choose the ensemble on (prepare.val_fraction)")
     subsets = np.array([test_subset(p) for p in paths])
-    models = [load_model(path) for path in model_files]  # a few MB each, at most MAX_MODELS
+    models = [_load(path, load_model) for path in model_files]  # a few MB each, at most MAX_MODELS
     for path, model in zip(model_files, models):  # refuse a model before any prediction
         check_tta(model, tta, str(path))
     val_probs, test_probs = [], []
@@ -86,9 +93,16 @@ def main(argv=None):
     files = list(dict.fromkeys(args.models))  # a file given twice is scored once
     if len(files) > MAX_MODELS:
         parser.error(f"at most {MAX_MODELS} models (every combination is scored), got {len(files)}")
+    others = [str(path) for path in files if path.suffix != ".keras"]
+    if others:
+        parser.error("not .keras files: " + ", ".join(others) + " (ONNX exports are for ferpipe predict)")
     missing = [str(path) for path in files if not path.is_file()]
     if missing:
         parser.error("model file(s) not found: " + ", ".join(missing))
+    if args.output and args.output.is_dir():  # checked now, not after minutes of predictions
+        parser.error(f"--output {args.output} is a folder; give a file name")
+    if args.output and not args.output.parent.is_dir():
+        parser.error(f"--output {args.output}: folder {args.output.parent} does not exist")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:

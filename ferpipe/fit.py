@@ -97,6 +97,8 @@ def main(argv=None):
                         help="train on the prepare stage's output (default data/prepared)")
     parser.add_argument("--params", default="params.yaml", help="the params file (its train section; default params.yaml)")
     args = parser.parse_args(argv)
+    if args.output.exists() and not args.output.is_dir():
+        parser.error(f"--output {args.output} is a file; give a folder (it gets model.keras, summary.json, epochs.jsonl)")
     try:
         train = params_module.load(args.params, ["train"])["train"]
         fit_to_folder(train, args.output, args.pack, args.prepared)

@@ -112,6 +112,8 @@ def main(argv=None):
     parser.add_argument("--prepared", type=Path, default=PREPARED_DIR, help="the prepare stage's output folder")
     parser.add_argument("--output", type=Path, default=DEFAULT_PACK, help=f"the pack file (default {DEFAULT_PACK})")
     args = parser.parse_args(argv)
+    if args.output.is_dir():
+        parser.error(f"--output {args.output} is a folder; give the pack's file name, e.g. {args.output / DEFAULT_PACK.name}")
     try:
         counts = write_pack(args.prepared, args.output)
     except FerError as err:

@@ -81,11 +81,21 @@ def test_a_bad_evaluate_param_is_reported_when_it_is_the_default(prepared_with_m
     (["model0.keras", "nowhere.keras"], "not found: nowhere.keras"),
     (["model0.keras", "model1.keras", "--tta", "tencrop"], "invalid choice"),
     (["model0.keras", "model1.keras", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["model0.keras", "model.onnx"], "not .keras files: model.onnx (ONNX exports are for ferpipe predict)"),
+    (["model0.keras", "--output", "data"], "--output data is a folder; give a file name"),
+    (["model0.keras", "--output", "nowhere/scores.json"], "--output nowhere/scores.json: folder nowhere does not exist"),
 ])
 def test_bad_arguments_are_refused(prepared_with_models, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         ensemble.main(args)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_damaged_model_file_is_named_without_a_traceback(prepared_with_models, capsys):
+    project, files = prepared_with_models
+    (project / "truncated.keras").write_bytes(files[0].read_bytes()[:5000])  # say, a part missing from a join
+    assert ensemble.main([str(files[0]), "truncated.keras"]) == 2
+    assert "truncated.keras cannot be loaded as a Keras model (damaged or incomplete?)" in capsys.readouterr().err
 
 
 def test_a_single_model_is_scored_alone(prepared_with_models, capsys):

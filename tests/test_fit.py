@@ -180,3 +180,14 @@ def test_prepared_md5_comes_from_dvc_lock(tmp_path):
     assert pack.prepared_md5("data/prepared", lock) == "abc.dir"
     assert pack.prepared_md5("elsewhere", lock) == ""
     assert pack.prepared_md5("data/prepared", tmp_path / "none.lock") == ""
+
+
+def test_an_output_of_the_wrong_kind_is_refused_before_any_work(prepared, capsys):
+    (prepared / "a_file").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(["--output", "a_file"])
+    assert exit_info.value.code == 2 and "--output a_file is a file; give a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        pack.main(["--output", "data"])
+    assert exit_info.value.code == 2 and "--output data is a folder; give the pack's file name" in capsys.readouterr().err
+    assert not list(prepared.glob("*.partial.npz"))
