@@ -50,6 +50,22 @@ def check_layout(root) -> dict[str, dict[str, list[Path]]]:
     return files
 
 
+def ignored_entries(root) -> list[str]:
+    """What check_layout's image lists leave out: folders beside train/ and test/, entries beside the class
+    folders, and subfolders or links to nothing inside them (hidden names aside)."""
+    root = Path(root)
+
+    def visible(folder):
+        return [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
+
+    ignored = [f"{p}/" for p in visible(root) if p.is_dir() and p.name not in SPLITS]
+    for split in SPLITS:
+        ignored += [f"{p}/" if p.is_dir() else str(p) for p in visible(root / split) if p.name not in CLASS_NAMES]
+        for name in CLASS_NAMES:
+            ignored += [f"{p}/" if p.is_dir() else str(p) for p in visible(root / split / name) if not p.is_file()]
+    return ignored
+
+
 @dataclass
 class DecodeReport:
     undecodable: list[str] = field(default_factory=list)

@@ -1,6 +1,8 @@
 """Read params.yaml and validate every value before any work starts."""
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import yaml
@@ -25,6 +27,8 @@ def _number(lo=None, hi=None, lo_open=False, integer=False):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return allowed
         if integer and not isinstance(value, int):
+            return allowed
+        if not math.isfinite(value):  # .nan passes every comparison below
             return allowed
         if lo is not None and (value <= lo if lo_open else value < lo):
             return allowed
@@ -69,6 +73,8 @@ def _teacher(value):
     return "'none' or a trained Keras model inside teachers/, e.g. teachers/compact.keras (DVC tracks that folder)"
 
 
+MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed's limit
+
 SCHEMA = {
     "prepare": {
         "data_root": _text,
@@ -97,7 +103,7 @@ SCHEMA = {
         "class_weight": _choice("none", "balanced"),
         "precision": _choice("auto", "float32", "bfloat16"),
         "deterministic": _boolean,
-        "seed": _number(0, integer=True),
+        "seed": _number(0, MAX_SEED, integer=True),
         "augment": {
             "rotation": _number(0, 180),
             "zoom": _number(0, 0.9),
@@ -153,6 +159,19 @@ def _check_members_models(train, errors):
                       f"{len(train['model'])} (one model per member), got train.members: {train['members']}")
 
 
+def _check_member_seeds(train, errors):
+    last = train["seed"] + train["members"] - 1  # member k trains with seed + k - 1
+    if last > MAX_SEED:
+        errors.append(f"train.seed: {train['members']} members use seeds {train['seed']} to {last}, above "
+                      f"{MAX_SEED}; lower train.seed")
+
+
+def _check_ten_crop(params, errors):
+    if params["evaluate"]["tta"] == "ten_crop" and not params["train"]["augment"]["crop"]:
+        errors.append("evaluate.tta: ten_crop needs train.augment.crop: true (a model trained on 44 px crops); "
+                      "choose another mode or turn crops on")
+
+
 def _check_anneal_within_budget(train, errors):
     if train["anneal_within_budget"] and (train["schedule"] == "plateau" or not train["time_budget_minutes"]):
         errors.append("train.anneal_within_budget: true needs train.schedule cosine or onecycle and a "
@@ -174,10 +193,23 @@ def validate(params: dict, sections=None) -> dict:
                 _validate(params[section], schema[section], section, errors)
     if not errors and "train" in schema:
         _check_members_models(params["train"], errors)
+        _check_member_seeds(params["train"], errors)
         _check_anneal_within_budget(params["train"], errors)
+    if not errors and "train" in schema and "evaluate" in schema:
+        _check_ten_crop(params, errors)
     if errors:
         raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(errors))
     return params
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where 5e-4 (no dot) is a string; DVC (`dvc exp run -S`, `dvc params diff`) reads
+    YAML 1.2, where it is a number. This loader reads it as DVC does."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
 
 
 def load(path="params.yaml", sections=None) -> dict:
@@ -186,7 +218,7 @@ def load(path="params.yaml", sections=None) -> dict:
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the project root)")
     try:
-        params = yaml.safe_load(path.read_text()) or {}
+        params = yaml.load(path.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     return validate(params, sections)

@@ -27,6 +27,11 @@ QUALITY_REPORT_FILE = Path("data/quality/report.json")
 def main():
     prepare = params.load()["prepare"]
     files = data.check_layout(prepare["data_root"])
+    ignored = data.ignored_entries(prepare["data_root"])
+    if ignored:
+        shown = "\n  ".join(ignored[:20]) + (f"\n  ... and {len(ignored) - 20} more" if len(ignored) > 20 else "")
+        print(f"WARNING: ignored {len(ignored)} entries that are not images of the 7 class folders of train/ "
+              f"and test/:\n  {shown}", file=sys.stderr)
     report = data.DecodeReport()
     frames, arrays = [], []
     for split in data.SPLITS:
@@ -44,6 +49,11 @@ def main():
     is_val = np.zeros(len(index), dtype=bool)
     is_val[is_train] = data.stratified_split(labels[is_train], prepare["val_fraction"], prepare["seed"])
     index.loc[is_val, "split"] = "val"
+    if not is_val.any():
+        raise data.DataLayoutError(f"prepare.val_fraction={prepare['val_fraction']} leaves no validation image of the "
+                                   f"{int(is_train.sum())} training images; raise it or add images")
+    if is_train.all():
+        raise data.DataLayoutError(f"no decodable test image in {prepare['data_root']}/test")
 
     order = index.sort_values(["split", "path"], kind="stable").index.to_numpy()
     index, images = index.iloc[order].reset_index(drop=True), images[order]

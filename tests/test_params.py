@@ -86,6 +86,10 @@ def with_value(good, dotted, value):
         ("visualize.grid_images", 0, "visualize.grid_images"),
         ("visualize.sample_images", 500, "visualize.sample_images"),
         ("visualize.seed", "x", "visualize.seed"),
+        ("train.lr", float("nan"), "train.lr: got nan, expected a number > 0 and <= 1"),
+        ("prepare.val_fraction", float("nan"), "prepare.val_fraction: got nan"),
+        ("train.time_budget_minutes", float("inf"), "train.time_budget_minutes: got inf, expected a number >= 0"),
+        ("train.seed", 2**32, "train.seed: got 4294967296, expected an integer >= 0 and <= 4294967295"),
     ],
 )
 def test_bad_value_is_rejected_with_key_and_rule(good, dotted, value, expected):
@@ -139,6 +143,30 @@ def test_all_problems_are_reported_at_once(good):
     good["evaluate"]["tta"] = "x"
     message = str(pytest.raises(params.ParamsError, params.validate, good).value)
     assert "train.lr" in message and "evaluate.tta" in message
+
+
+def test_the_members_seeds_stay_within_kerass_range(good):
+    good["train"].update(seed=2**32 - 2, members=2)
+    assert params.validate(copy.deepcopy(good))
+    good["train"]["members"] = 3
+    message = str(pytest.raises(params.ParamsError, params.validate, good).value)
+    assert "train.seed: 3 members use seeds 4294967294 to 4294967296, above 4294967295" in message
+
+
+def test_ten_crop_needs_a_model_trained_on_crops(good):
+    good["evaluate"]["tta"] = "ten_crop"
+    assert params.validate(copy.deepcopy(good))  # crops are on in params.yaml
+    good["train"]["augment"]["crop"] = False
+    message = str(pytest.raises(params.ParamsError, params.validate, good).value)
+    assert "evaluate.tta: ten_crop needs train.augment.crop: true" in message
+
+
+def test_exponents_without_a_dot_are_numbers_as_dvc_reads_them(tmp_path):
+    """YAML 1.1 (PyYAML) reads 5e-4 as a string, YAML 1.2 (DVC: -S, params diff) as a number."""
+    text = REPO_PARAMS.read_text().replace("  lr: 0.001\n", "  lr: 5e-4\n")
+    assert "  lr: 5e-4\n" in text
+    (tmp_path / "params.yaml").write_text(text)
+    assert params.load(tmp_path / "params.yaml")["train"]["lr"] == 0.0005
 
 
 def test_load_reports_missing_file_and_bad_yaml(tmp_path):

@@ -209,3 +209,31 @@ def test_drop_defects_that_empties_a_class_says_so(project, fer_tree):
     result = run_stage(project, "prepare", check=False)
     assert result.returncode == 2
     assert "no decodable training image of class 'disgust' is left after prepare.drop_defects" in result.stderr
+
+
+def test_a_validation_share_too_small_for_any_image_is_refused(project):
+    set_params(project, **{"prepare.val_fraction": 0.01})  # 42 training images: 0.01 of each class rounds to 0
+    result = run_stage(project, "prepare", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "prepare.val_fraction=0.01 leaves no validation image of the 42 training images" in result.stderr
+
+
+def test_a_test_folder_without_a_readable_image_is_refused(project, fer_tree):
+    for file in (fer_tree / "test").rglob("*.jpg"):
+        file.write_bytes(b"garbage")
+    result = run_stage(project, "prepare", check=False)
+    assert result.returncode == 2 and "no decodable test image in" in result.stderr
+
+
+def test_entries_outside_the_class_folders_are_reported_not_silently_skipped(project, fer_tree):
+    (fer_tree / "train" / "contempt").mkdir()
+    (fer_tree / "val" / "happy").mkdir(parents=True)
+    (fer_tree / "train" / "sad" / "more").mkdir()
+    cv2.imwrite(str(fer_tree / "train" / "sad" / "more" / "a.jpg"), np.zeros((48, 48), np.uint8))
+    (fer_tree / "test" / "fear" / "gone.jpg").symlink_to(fer_tree / "nowhere.jpg")
+    (fer_tree / "README.md").write_text("a file beside the splits is fine")
+    result = run_stage(project, "prepare")
+    assert "WARNING: ignored 4 entries that are not images of the 7 class folders" in result.stderr
+    for entry in ("train/contempt/", "val/", "train/sad/more/", "test/fear/gone.jpg"):
+        assert entry in result.stderr
+    assert "README" not in result.stderr
