@@ -88,8 +88,9 @@ def parse_args(argv):
 def input_files(inputs, warn):
     """(file, name for annotated copies) for each input; folders are walked recursively in sorted order.
 
-    Hidden files and folders are skipped. Names of annotated copies keep the folder structure
-    below each input folder, and get a number when two inputs would share a name.
+    Hidden files and folders are skipped. Names of annotated copies start with the folder's own
+    name (that of `..` is its real one), keep the folder structure below it, and get a number
+    when two inputs would share a name.
     """
     taken = set()
     for item in map(Path, inputs):
@@ -98,7 +99,7 @@ def input_files(inputs, warn):
                            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(item).parts))
             if not files:
                 warn(f"{item}: empty folder, nothing to classify")
-            named = [(file, Path(item.name) / file.relative_to(item)) for file in files]
+            named = [(file, Path(item.resolve().name) / file.relative_to(item)) for file in files]
         elif item.is_file():
             named = [(item, Path(item.name))]
         else:
@@ -117,12 +118,17 @@ class FileProblem(Exception):
     """Something wrong with one input file; reported, and the batch goes on."""
 
 
+class AnnotateProblem(Exception):
+    """An annotated copy that cannot or must not be written; the file itself was classified."""
+
+
 class Predictor:
     def __init__(self, args):
         self.model, self.model_name = load_classifier(args.model)
         check_tta(self.model, args.tta, self.model_name)
         self.detector = FaceDetector(args.min_face)
         self.args = args
+        self.inputs: set[Path] = set()  # resolved input files: never overwritten by an annotated copy
 
     def faces_in(self, image: np.ndarray, source: str, frame: int | None) -> list[Face]:
         gray = grayscale(image)
@@ -184,8 +190,20 @@ class Predictor:
                 target = self.args.annotate / name
                 if frame_index is not None:
                     target = target.with_name(f"{target.name}_frames") / f"frame_{frame_index:06d}.jpg"
-                write_image(target, annotate(image, faces))
+                self.write_annotated(target, annotate(image, faces))
         return found
+
+    def write_annotated(self, target: Path, image: np.ndarray) -> None:
+        """Write an annotated copy, only inside the --annotate folder and never onto an input file."""
+        target, encoded = encode_image(target, image)
+        resolved = target.resolve()  # follows `..` and links, as the write would
+        if not resolved.is_relative_to(self.args.annotate.resolve()):
+            raise AnnotateProblem(f"annotated copy {target} not written: it would be outside --annotate "
+                                  f"{self.args.annotate}")
+        if resolved in self.inputs:
+            raise AnnotateProblem(f"annotated copy {target} not written: it would overwrite an input file")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        encoded.tofile(str(target))
 
 
 def annotate(image: np.ndarray, faces: list[Face]) -> np.ndarray:
@@ -207,9 +225,8 @@ def annotate(image: np.ndarray, faces: list[Face]) -> np.ndarray:
     return canvas
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Write in the file's own format where OpenCV has an encoder for it, else as PNG (name + .png)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def encode_image(path: Path, image: np.ndarray) -> tuple[Path, np.ndarray]:
+    """(path, bytes): the image in the file's own format where OpenCV has an encoder for it, else as PNG (name + .png)."""
     ok = False
     if path.suffix:
         try:
@@ -219,7 +236,7 @@ def write_image(path: Path, image: np.ndarray) -> None:
     if not ok:
         path = path.with_name(path.name + ".png")
         ok, encoded = cv2.imencode(".png", image)
-    encoded.tofile(str(path))
+    return path, encoded
 
 
 def check_output_paths(args) -> str | None:
@@ -249,6 +266,8 @@ def run(args) -> int:
     except FerError as err:
         print(f"ferpipe predict: error: {err}", file=sys.stderr)
         return 2
+    files = list(input_files(args.inputs, warn))
+    predictor.inputs = {path.resolve() for path, _ in files}
     out = args.output.open("w", newline="") if args.output else sys.stdout
     writer = csv.DictWriter(out, CSV_COLUMNS) if args.format == "csv" else None
     if writer:
@@ -262,10 +281,10 @@ def run(args) -> int:
 
     n_faces = n_files = 0
     try:
-        for path, name in input_files(args.inputs, warn):
+        for path, name in files:
             try:
                 found = predictor.classify_file(path, name, emit)
-            except FileProblem as problem:
+            except (FileProblem, AnnotateProblem) as problem:
                 warn(f"{path}: {problem}")
                 continue
             except (cv2.error, OSError) as err:  # e.g. an image header claiming a gigantic size

@@ -312,3 +312,24 @@ def test_a_face_at_the_edge_is_padded_not_stretched():
     assert (inside[:, :22] == 200).all() and (inside[:, 26:] == 0).all()
     # 100 px box: 25 px of replicated edge + 50 bright + 25 dark -> bright over the left 3/4
     assert (edge[:, :34] == 200).all() and (edge[:, 38:] == 0).all()
+
+
+def test_annotate_names_copies_from_the_real_folder_and_never_overwrites_an_input(model_files, tmp_path, capsys,
+                                                                                   monkeypatch):
+    (tmp_path / "trip" / "sub" / "photos").mkdir(parents=True)
+    photo = tmp_path / "trip" / "sub" / "photos" / "x.png"
+    cv2.imwrite(str(photo), draw_face())
+    original = photo.read_bytes()
+    monkeypatch.chdir(tmp_path / "trip" / "sub")
+    code, _, err = run_predict(capsys, "--model", model_files[0], "..", "--annotate", "../annotated")
+    assert code == 0 and photo.read_bytes() == original  # `..` used to name the copy "..": the input itself
+    assert (tmp_path / "trip" / "annotated" / "trip" / "sub" / "photos" / "x.png").is_file()
+    code, out, err = run_predict(capsys, "--model", model_files[0], "photos", "--annotate", ".")
+    assert len(json_lines(out)) == 1 and photo.read_bytes() == original
+    assert "photos/x.png: annotated copy photos/x.png not written: it would overwrite an input file" in err
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "photos").symlink_to(tmp_path / "elsewhere")  # a link out of the --annotate folder
+    code, _, err = run_predict(capsys, "--model", model_files[0], "photos", "--annotate", tmp_path / "linked")
+    assert "not written: it would be outside --annotate" in err
+    assert not any((tmp_path / "elsewhere").iterdir())
