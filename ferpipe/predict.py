@@ -178,19 +178,27 @@ class Predictor:
         if index == 0:
             raise FileProblem(f"not a readable {kind} (no frames)")
 
-    def classify_file(self, path: Path, name: Path, emit) -> int:
-        """Classify every face of one file, emit each, write annotated copies; returns the number of faces."""
+    def classify_file(self, path: Path, name: Path, emit, warn) -> int:
+        """Classify every face of one file, emit each, write annotated copies; returns the number of faces.
+
+        A copy that cannot be written is reported (once per file) and does not stop the classification.
+        """
         found = 0
+        annotating = bool(self.args.annotate)
         for frame_index, image in self.frames(path):
             faces = self.faces_in(image, str(path), frame_index)
             for face in faces:
                 emit(face)
             found += len(faces)
-            if self.args.annotate and faces:
+            if annotating and faces:
                 target = self.args.annotate / name
                 if frame_index is not None:
                     target = target.with_name(f"{target.name}_frames") / f"frame_{frame_index:06d}.jpg"
-                self.write_annotated(target, annotate(image, faces))
+                try:
+                    self.write_annotated(target, annotate(image, faces))
+                except AnnotateProblem as problem:
+                    warn(f"{path}: {problem}")
+                    annotating = False  # one message per file, not one per video frame
         return found
 
     def write_annotated(self, target: Path, image: np.ndarray) -> None:
@@ -202,8 +210,11 @@ class Predictor:
                                   f"{self.args.annotate}")
         if resolved in self.inputs:
             raise AnnotateProblem(f"annotated copy {target} not written: it would overwrite an input file")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        encoded.tofile(str(target))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            encoded.tofile(str(target))
+        except OSError as err:
+            raise AnnotateProblem(f"annotated copy {target} not written: {err.strerror or err}") from None
 
 
 def annotate(image: np.ndarray, faces: list[Face]) -> np.ndarray:
@@ -273,18 +284,21 @@ def run(args) -> int:
     if writer:
         writer.writeheader()
 
+    n_faces = n_files = 0
+
     def emit(face: Face):
+        nonlocal n_faces
+        n_faces += 1  # counted as written, so that a later problem in the same file cannot lose it
         if writer:
             writer.writerow(face.as_row())
         else:
             out.write(json.dumps(face.as_dict()) + "\n")
 
-    n_faces = n_files = 0
     try:
         for path, name in files:
             try:
-                found = predictor.classify_file(path, name, emit)
-            except (FileProblem, AnnotateProblem) as problem:
+                found = predictor.classify_file(path, name, emit, warn)
+            except FileProblem as problem:
                 warn(f"{path}: {problem}")
                 continue
             except (cv2.error, OSError) as err:  # e.g. an image header claiming a gigantic size
@@ -293,7 +307,6 @@ def run(args) -> int:
             n_files += 1
             if not found:
                 warn(f"{path}: no face found")
-            n_faces += found
             out.flush()
     finally:
         if args.output:

@@ -325,11 +325,21 @@ def test_annotate_names_copies_from_the_real_folder_and_never_overwrites_an_inpu
     assert code == 0 and photo.read_bytes() == original  # `..` used to name the copy "..": the input itself
     assert (tmp_path / "trip" / "annotated" / "trip" / "sub" / "photos" / "x.png").is_file()
     code, out, err = run_predict(capsys, "--model", model_files[0], "photos", "--annotate", ".")
-    assert len(json_lines(out)) == 1 and photo.read_bytes() == original
+    assert code == 0 and len(json_lines(out)) == 1 and photo.read_bytes() == original
     assert "photos/x.png: annotated copy photos/x.png not written: it would overwrite an input file" in err
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "linked").mkdir()
     (tmp_path / "linked" / "photos").symlink_to(tmp_path / "elsewhere")  # a link out of the --annotate folder
     code, _, err = run_predict(capsys, "--model", model_files[0], "photos", "--annotate", tmp_path / "linked")
-    assert "not written: it would be outside --annotate" in err
+    assert code == 0 and "not written: it would be outside --annotate" in err
     assert not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_failed_annotated_copy_is_its_own_problem_and_the_faces_still_count(model_files, tmp_path, capsys):
+    photo = tmp_path / "upright.png"
+    cv2.imwrite(str(photo), draw_face())
+    (tmp_path / "out" / "upright.png").mkdir(parents=True)  # a folder where the copy should go
+    code, out, err = run_predict(capsys, "--model", model_files[0], "--annotate", tmp_path / "out", photo)
+    assert code == 0 and len(json_lines(out)) == 1
+    assert f"{photo}: annotated copy {tmp_path / 'out' / 'upright.png'} not written: Is a directory" in err
+    assert "1 face(s) classified in 1 readable file(s); 1 problem(s) reported" in err
