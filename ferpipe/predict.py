@@ -8,13 +8,15 @@ crop) is classified whole. One line per face goes to stdout (JSON, or CSV with -
 problems with single files go to stderr and never stop the batch.
 
 Exit status: 0 if at least one face was classified, 1 if none was (no readable input or no
-face anywhere), 2 for a usage error or a missing model.
+face anywhere), 2 for a usage error or a missing model, 141 when the reader of stdout stopped
+early (as in `ferpipe predict faces/ | head`; the status of a program stopped by SIGPIPE).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,9 +283,6 @@ def run(args) -> int:
     predictor.inputs = {path.resolve() for path, _ in files}
     out = args.output.open("w", newline="") if args.output else sys.stdout
     writer = csv.DictWriter(out, CSV_COLUMNS) if args.format == "csv" else None
-    if writer:
-        writer.writeheader()
-
     n_faces = n_files = 0
 
     def emit(face: Face):
@@ -295,12 +294,16 @@ def run(args) -> int:
             out.write(json.dumps(face.as_dict()) + "\n")
 
     try:
+        if writer:
+            writer.writeheader()
         for path, name in files:
             try:
                 found = predictor.classify_file(path, name, emit, warn)
             except FileProblem as problem:
                 warn(f"{path}: {problem}")
                 continue
+            except BrokenPipeError:
+                raise
             except (cv2.error, OSError) as err:  # e.g. an image header claiming a gigantic size
                 warn(f"{path}: cannot process: {str(err).strip().splitlines()[-1]}")
                 continue
@@ -308,12 +311,23 @@ def run(args) -> int:
             if not found:
                 warn(f"{path}: no face found")
             out.flush()
+    except BrokenPipeError:
+        return stdout_closed()
     finally:
         if args.output:
             out.close()
     print(f"ferpipe predict: {n_faces} face(s) classified in {n_files} readable file(s); "
           f"{len(problems)} problem(s) reported; model {predictor.model_name}", file=sys.stderr)
     return 0 if n_faces else 1
+
+
+def stdout_closed() -> int:
+    """Stop quietly once the reader of stdout is gone (`| head`): there is no one left to tell."""
+    try:  # what is still buffered goes to devnull, else Python's flush at exit reports the broken pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141
 
 
 def main(argv=None) -> int:

@@ -343,3 +343,20 @@ def test_a_failed_annotated_copy_is_its_own_problem_and_the_faces_still_count(mo
     assert code == 0 and len(json_lines(out)) == 1
     assert f"{photo}: annotated copy {tmp_path / 'out' / 'upright.png'} not written: Is a directory" in err
     assert "1 face(s) classified in 1 readable file(s); 1 problem(s) reported" in err
+
+
+def test_a_closed_stdout_stops_the_batch_quietly(model_files, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), no_face(48))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone, as after `ferpipe predict many/ | head -n 1`
+    try:
+        result = subprocess.run([sys.executable, "-m", "ferpipe", "predict", "--model", str(model_files[0]), str(folder)],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=120)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141
+    assert "Broken pipe" not in result.stderr and "Traceback" not in result.stderr
+    assert "Exception ignored" not in result.stderr and "cannot process" not in result.stderr
