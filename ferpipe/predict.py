@@ -281,7 +281,8 @@ def run(args) -> int:
         return 2
     files = list(input_files(args.inputs, warn))
     predictor.inputs = {path.resolve() for path, _ in files}
-    out = args.output.open("w", newline="") if args.output else sys.stdout
+    # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes, as on stdout
+    out = args.output.open("w", newline="", errors="surrogateescape") if args.output else sys.stdout
     writer = csv.DictWriter(out, CSV_COLUMNS) if args.format == "csv" else None
     n_faces = n_files = 0
 

@@ -360,3 +360,15 @@ def test_a_closed_stdout_stops_the_batch_quietly(model_files, tmp_path):
     assert result.returncode == 141
     assert "Broken pipe" not in result.stderr and "Traceback" not in result.stderr
     assert "Exception ignored" not in result.stderr and "cannot process" not in result.stderr
+
+
+@pytest.mark.skipif(sys.getfilesystemencoding() != "utf-8" or sys.platform == "win32",
+                    reason="needs a byte-oriented file system with UTF-8 names")
+def test_a_csv_output_file_keeps_a_file_name_that_is_not_utf8(model_files, tmp_path, capsys):
+    crop = tmp_path / os.fsdecode(b"caf\xe9.png")  # a Latin-1 name: Python holds it as "caf\udce9.png"
+    crop.write_bytes(cv2.imencode(".png", no_face(48))[1].tobytes())
+    code, _, _ = run_predict(capsys, "--model", model_files[0], "--format", "csv", "--output", tmp_path / "r.csv", crop)
+    assert code == 0
+    with open(tmp_path / "r.csv", newline="", errors="surrogateescape") as results:
+        [row] = csv.DictReader(results)
+    assert row["source"] == str(crop)  # the name's own bytes, as on stdout
