@@ -372,3 +372,18 @@ def test_a_csv_output_file_keeps_a_file_name_that_is_not_utf8(model_files, tmp_p
     with open(tmp_path / "r.csv", newline="", errors="surrogateescape") as results:
         [row] = csv.DictReader(results)
     assert row["source"] == str(crop)  # the name's own bytes, as on stdout
+
+
+def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with an EXIF block holding only the Orientation tag (6: turn 90 degrees clockwise to view)."""
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01" + orientation.to_bytes(2, "big")
+    exif = b"Exif\x00\x00" + tiff + b"\x00\x00" + b"\x00\x00\x00\x00"
+    return jpeg[:2] + b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif + jpeg[2:]
+
+
+def test_a_phone_photo_stored_sideways_is_turned_upright_by_its_exif_orientation(model_files, tmp_path, capsys):
+    sideways = cv2.imencode(".jpg", cv2.rotate(draw_face(), cv2.ROTATE_90_COUNTERCLOCKWISE))[1].tobytes()
+    photo = tmp_path / "portrait.jpg"
+    photo.write_bytes(with_exif_orientation(sideways, 6))
+    code, out, err = run_predict(capsys, "--model", model_files[0], photo)
+    assert code == 0 and len(json_lines(out)) == 1, err
