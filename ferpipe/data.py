@@ -93,15 +93,18 @@ def to_model_input(image: np.ndarray) -> tuple[np.ndarray, bool, bool]:
     return image, colour, resized
 
 
-def decode(path) -> np.ndarray | None:
-    """Decode an image file as stored (None if it is not a readable image)."""
+def decode(path, upright: bool = False) -> np.ndarray | None:
+    """Decode an image file (None if it is not a readable image): as stored, or `upright`: turned by its EXIF
+    orientation, as phones store portrait photos sideways (an alpha channel is then dropped). Grey and 16-bit
+    images stay as they are either way."""
     try:
         raw = np.fromfile(str(path), dtype=np.uint8)
     except OSError:
         return None
     if raw.size == 0:
         return None
-    return cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    # OpenCV applies the EXIF orientation under any flags but IMREAD_UNCHANGED
+    return cv2.imdecode(raw, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if upright else cv2.IMREAD_UNCHANGED)
 
 
 def load_images(paths, report: DecodeReport) -> tuple[np.ndarray, list[bool]]:

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from ferpipe import CLASS_NAMES, TTA_MODES, FerError
-from ferpipe.data import grayscale
+from ferpipe.data import decode, grayscale
 from ferpipe.evaluation import check_tta, predict_probabilities
 from ferpipe.faces import FaceDetector, crop_face, is_fer_crop
 from ferpipe.inference import load_classifier
@@ -116,22 +116,6 @@ def input_files(inputs, warn):
             yield file, unique
 
 
-def read_image(path: Path) -> np.ndarray | None:
-    """Decode an image upright (None if it is not a readable image).
-
-    Unlike ferpipe.data.decode (IMREAD_UNCHANGED, for the training images), this applies the EXIF
-    orientation of photos that phones store sideways; grey and 16-bit images stay as they are,
-    an alpha channel is dropped.
-    """
-    try:
-        raw = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
-    if raw.size == 0:
-        return None
-    return cv2.imdecode(raw, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # any flags but UNCHANGED apply EXIF
-
-
 class FileProblem(Exception):
     """Something wrong with one input file; reported, and the batch goes on."""
 
@@ -171,7 +155,7 @@ class Predictor:
         suffix = path.suffix.lower()
         kind = "image" if suffix in IMAGE_SUFFIXES else "video" if suffix in VIDEO_SUFFIXES else "image or video"
         if suffix not in VIDEO_SUFFIXES:
-            image = read_image(path)
+            image = decode(path, upright=True)
             if image is not None and image.size:
                 return [(None, image)]
             if suffix in IMAGE_SUFFIXES:
