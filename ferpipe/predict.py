@@ -281,6 +281,10 @@ def run(args) -> int:
         return 2
     files = list(input_files(args.inputs, warn))
     predictor.inputs = {path.resolve() for path, _ in files}
+    if args.output and args.output.resolve() in predictor.inputs:
+        print(f"ferpipe predict: error: --output {args.output} is one of the inputs; give another file",
+              file=sys.stderr)
+        return 2
     # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes, as on stdout
     out = args.output.open("w", newline="", errors="surrogateescape") if args.output else sys.stdout
     writer = csv.DictWriter(out, CSV_COLUMNS) if args.format == "csv" else None

@@ -387,3 +387,12 @@ def test_a_phone_photo_stored_sideways_is_turned_upright_by_its_exif_orientation
     photo.write_bytes(with_exif_orientation(sideways, 6))
     code, out, err = run_predict(capsys, "--model", model_files[0], photo)
     assert code == 0 and len(json_lines(out)) == 1, err
+
+
+def test_an_output_file_that_is_one_of_the_inputs_is_refused(model_files, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), draw_face())
+    before = photo.read_bytes()
+    code, out, err = run_predict(capsys, "--model", model_files[0], "--output", photo, tmp_path)
+    assert code == 2 and f"--output {photo} is one of the inputs" in err
+    assert photo.read_bytes() == before
