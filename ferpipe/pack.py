@@ -92,6 +92,11 @@ class Pack:
         count = len(fields["labels"])
         if not count or len(offsets) != count + 1 or len(fields["digests"]) != count or len(fields["is_val"]) != count:
             raise FerError(f"{path} is damaged: its image, label and digest counts disagree; make it again")
+        labels = fields["labels"]
+        if offsets.dtype.kind not in "iu" or labels.dtype.kind not in "iu" or fields["is_val"].dtype != bool \
+                or not ((labels >= 0) & (labels < len(CLASS_NAMES))).all():
+            raise FerError(f"{path} is damaged: offsets and labels must be whole numbers, labels 0-{len(CLASS_NAMES) - 1}, "
+                           "is_val true/false; make it again")
         images = []
         for start, end in zip(offsets[:-1], offsets[1:]):
             decoded = cv2.imdecode(files[start:end], cv2.IMREAD_UNCHANGED)
