@@ -41,13 +41,6 @@ def choose(rows: list[dict]) -> dict:
     return max(rows, key=lambda row: (row["validation"]["accuracy"], -row["validation"]["loss"]))
 
 
-def _load(path: Path, load_model):
-    try:
-        return load_model(path)
-    except Exception as err:  # Keras raises ValueError (and zipfile/h5py errors) for a damaged or foreign file
-        raise FerError(f"{path} cannot be loaded as a Keras model (damaged or incomplete?): {err}") from err
-
-
 def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> dict:
     """Scores of each model and of each combination; 'chosen' is the best on validation."""
     import numpy as np
@@ -62,7 +55,12 @@ def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> di
     if not len(x_val):
         raise FerError("data/prepared has no validation split to choose the ensemble on (prepare.val_fraction)")
     subsets = np.array([test_subset(p) for p in paths])
-    models = [_load(path, load_model) for path in model_files]  # a few MB each, at most MAX_MODELS
+    models = []  # a few MB each, at most MAX_MODELS
+    for path in model_files:
+        try:
+            models.append(load_model(path))
+        except Exception as err:  # Keras raises ValueError (and zipfile/h5py errors) for a damaged or foreign file
+            raise FerError(f"{path} cannot be loaded as a Keras model (damaged or incomplete?): {err}") from err
     for path, model in zip(model_files, models):  # refuse a model before any prediction
         check_tta(model, tta, str(path))
     val_probs, test_probs = [], []

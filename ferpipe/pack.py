@@ -106,7 +106,7 @@ class Pack:
         images = np.stack(images)
         self.differing = int((pixel_digests(images) != fields["digests"]).sum())
         self.prepared_md5 = str(fields["prepared_md5"])
-        labels, is_val = fields["labels"].astype(np.int64), fields["is_val"]
+        labels, is_val = labels.astype(np.int64), fields["is_val"]
         self.train = images[~is_val], labels[~is_val]
         self.val = images[is_val], labels[is_val]
 
