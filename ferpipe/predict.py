@@ -285,8 +285,14 @@ def run(args) -> int:
         print(f"ferpipe predict: error: --output {args.output} is one of the inputs; give another file",
               file=sys.stderr)
         return 2
-    # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes, as on stdout
-    out = args.output.open("w", newline="", errors="surrogateescape") if args.output else sys.stdout
+    # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes (stdout is strict
+    # under some locales and with PYTHONIOENCODING, and would fail on it)
+    if args.output:
+        out = args.output.open("w", newline="", errors="surrogateescape")
+    else:
+        out = sys.stdout
+        if hasattr(out, "reconfigure"):
+            out.reconfigure(errors="surrogateescape")
     writer = csv.DictWriter(out, CSV_COLUMNS) if args.format == "csv" else None
     n_faces = n_files = 0
 

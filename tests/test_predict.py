@@ -374,6 +374,20 @@ def test_a_csv_output_file_keeps_a_file_name_that_is_not_utf8(model_files, tmp_p
     assert row["source"] == str(crop)  # the name's own bytes, as on stdout
 
 
+
+@pytest.mark.skipif(sys.getfilesystemencoding() != "utf-8" or sys.platform == "win32",
+                    reason="needs a byte-oriented file system with UTF-8 names")
+def test_stdout_keeps_a_file_name_that_is_not_utf8_when_its_encoding_is_strict(model_files, tmp_path, monkeypatch):
+    crop = tmp_path / os.fsdecode(b"caf\xe9.png")
+    crop.write_bytes(cv2.imencode(".png", no_face(48))[1].tobytes())
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict", newline="")  # as PYTHONIOENCODING=utf-8:strict
+    monkeypatch.setattr(sys, "stdout", stdout)
+    code = predict.main(["--model", str(model_files[0]), "--format", "csv", str(crop)])
+    stdout.flush()
+    assert code == 0
+    assert os.fsencode(crop) in stdout.buffer.getvalue().splitlines()[1]
+
+
 def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
     """The JPEG with an EXIF block holding only the Orientation tag (6: turn 90 degrees clockwise to view)."""
     tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01" + orientation.to_bytes(2, "big")
