@@ -66,6 +66,20 @@ def single_run(deterministic: bool, epochs: int, train_images: int) -> dict:
             "weights_sha256": digest.hexdigest(), **scores}
 
 
+def setup_problem() -> str | None:
+    """What would make every run fail (bad params, no prepared data), found before the first run's process
+    spends seconds loading TensorFlow."""
+    from ferpipe import FerError, params
+    from ferpipe.data import PreparedData
+
+    try:
+        params.load()
+        PreparedData(PREPARED_DIR)
+    except FerError as err:
+        return str(err)
+    return None
+
+
 def run_in_fresh_process(deterministic: bool, epochs: int, train_images: int) -> dict:
     command = [sys.executable, "-m", "ferpipe.repeat", "--child", "on" if deterministic else "off",
                "--epochs", str(epochs), "--train-images", str(train_images)]
@@ -112,6 +126,10 @@ def main(argv=None):
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
 
+    problem = setup_problem()
+    if problem:
+        print(f"ferpipe repeat: error: {problem}", file=sys.stderr)
+        return 2
     results = {}
     for mode in dict.fromkeys(args.modes):  # each mode once, in the order given
         results[mode] = []

@@ -55,11 +55,24 @@ def test_repeat_trains_the_first_member_when_models_are_listed(project):
     assert "deterministic off: one run (test accuracy" in done.stdout
 
 
-def test_repeat_rejects_bad_arguments_and_missing_data(project):
-    done = repeat(project, "--runs", "0")
-    assert done.returncode == 2 and "--runs must be at least 1" in done.stderr
-    done = repeat(project, "--runs", "1", "--modes", "off")
-    assert done.returncode != 0 and "run the prepare stage first" in done.stderr
+def test_repeat_rejects_bad_arguments_missing_data_and_bad_params_before_any_run(project, monkeypatch, capsys):
+    from ferpipe import repeat as repeat_command
+
+    monkeypatch.chdir(project)
+    with pytest.raises(SystemExit) as usage_error:
+        repeat_command.main(["--runs", "0"])
+    assert usage_error.value.code == 2 and "--runs must be at least 1" in capsys.readouterr().err
+
+    def no_run(*args):
+        raise AssertionError("a run was started")
+
+    monkeypatch.setattr(repeat_command, "run_in_fresh_process", no_run)
+    assert repeat_command.main(["--runs", "1", "--modes", "off"]) == 2
+    assert "ferpipe repeat: error: data/prepared/index.csv not found: run the prepare stage first" in capsys.readouterr().err
+    run_stage(project, "prepare")
+    set_params(project, **{"train.lr": -1})
+    assert repeat_command.main(["--runs", "1", "--modes", "off"]) == 2
+    assert "train.lr" in capsys.readouterr().err
 
 
 def test_repeat_claims_no_spread_from_a_single_run():
