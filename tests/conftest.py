@@ -30,6 +30,15 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: otherwise in file order
 
 
+@pytest.fixture(autouse=True)
+def float32_policy_after_each_test():
+    """Training in this process sets Keras' global dtype policy (bfloat16 on BF16 CPUs): put float32 back,
+    so that no later test in the same worker builds its models under a policy it did not choose."""
+    yield
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_global_policy("float32")
+
+
 def write_fer_tree(root: Path, train_per_class=6, test_per_class=2, seed=0) -> Path:
     """A Kaggle-layout tree of 48x48 grayscale JPEGs; each class has its own mean brightness."""
     rng = np.random.default_rng(seed)

@@ -94,11 +94,10 @@ def test_load_classifier_refuses_a_corrupt_file(tmp_path):
         load_classifier(tmp_path / "model.keras")
 
 
-def test_export_stage_without_a_trained_model_says_what_to_run(project):
-    from conftest import run_stage
-
-    result = run_stage(project, "export", check=False)
-    assert result.returncode == 2 and "run the train stage first" in result.stderr
+def test_export_stage_without_a_trained_model_says_what_to_run(project, monkeypatch):
+    monkeypatch.chdir(project)
+    with pytest.raises(FerError, match=r"^models/model.keras not found: run the train stage first \(dvc repro train\)$"):
+        load_stage(project, "export").main()
 
 
 @pytest.mark.parametrize("limit, failed, kept", [
