@@ -1,11 +1,12 @@
 """ferpipe ensemble: averaged probabilities of several models, the combination chosen on validation."""
 import json
+import shutil
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import run_stage, set_params
+from conftest import make_project, run_stage, set_params, write_fer_tree
 from ferpipe import ensemble
 from ferpipe.data import PreparedData
 from ferpipe.evaluation import predict_probabilities, summarize
@@ -13,17 +14,24 @@ from ferpipe.model import build_model
 from test_model_and_training import recipe
 
 
-@pytest.fixture
-def prepared_with_models(project, monkeypatch):
+@pytest.fixture(scope="module")
+def prepared_template(tmp_path_factory):
+    """A prepared project with three untrained models, made once for this module."""
+    root = tmp_path_factory.mktemp("ensemble")
+    project = make_project(root / "project", write_fer_tree(root / "fer2013"))
     run_stage(project, "prepare")
-    monkeypatch.chdir(project)
-    files = []
     for seed in range(3):
         keras.utils.set_random_seed(seed)
-        path = project / f"model{seed}.keras"
-        build_model(recipe(width=8, augment={"crop": False})).save(path)  # whole 48x48 faces
-        files.append(path)
-    return project, files
+        build_model(recipe(width=8, augment={"crop": False})).save(project / f"model{seed}.keras")  # whole 48x48 faces
+    return project
+
+
+@pytest.fixture
+def prepared_with_models(prepared_template, tmp_path, monkeypatch):
+    """A copy of the template for one test to change, as the working directory."""
+    project = shutil.copytree(prepared_template, tmp_path / "project")
+    monkeypatch.chdir(project)
+    return project, [project / f"model{seed}.keras" for seed in range(3)]
 
 
 def test_every_combination_is_scored_and_the_best_on_validation_is_chosen(prepared_with_models, capsys):
