@@ -1,5 +1,6 @@
 """ferpipe pack and ferpipe fit: training away from DVC (a lent GPU machine) on the prepared images."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import run_stage, set_params, stage_env
+from conftest import make_project, run_stage, set_params, stage_env, write_fer_tree
 from ferpipe import fit, pack
 from ferpipe.data import PreparedData
 
@@ -20,9 +21,19 @@ def ferpipe(project, *args, check=True):
     return result
 
 
-@pytest.fixture
-def prepared(project, monkeypatch):
+@pytest.fixture(scope="module")
+def prepared_template(tmp_path_factory):
+    """A project after the prepare stage, made once for this module."""
+    root = tmp_path_factory.mktemp("fit")
+    project = make_project(root / "project", write_fer_tree(root / "fer2013"))
     run_stage(project, "prepare")
+    return project
+
+
+@pytest.fixture
+def prepared(prepared_template, tmp_path, monkeypatch):
+    """A copy of the prepared project for one test to change, as the working directory."""
+    project = shutil.copytree(prepared_template, tmp_path / "project")
     monkeypatch.chdir(project)
     return project
 
