@@ -101,12 +101,24 @@ def project(tmp_path, fer_tree):
     return make_project(tmp_path / "project", fer_tree)
 
 
+def prepared_project(root: Path) -> Path:
+    """A copy of the project under `root` with its own synthetic tree, after the prepare stage."""
+    project = make_project(root / "project", write_fer_tree(root / "fer2013"))
+    run_stage(project, "prepare")
+    return project
+
+
+def working_copy(template: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A copy of a module's template project for one test to change, made the working directory."""
+    project = shutil.copytree(template, tmp_path / "project")
+    monkeypatch.chdir(project)
+    return project
+
+
 @pytest.fixture(scope="module")
 def trained_project(tmp_path_factory):
     """A project after prepare and train, made once per test module: copy it before changing it."""
-    root = tmp_path_factory.mktemp("trained")
-    project = make_project(root / "project", write_fer_tree(root / "fer2013"))
-    run_stage(project, "prepare")
+    project = prepared_project(tmp_path_factory.mktemp("trained"))
     run_stage(project, "train")
     return project
 

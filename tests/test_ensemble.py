@@ -1,12 +1,11 @@
 """ferpipe ensemble: averaged probabilities of several models, the combination chosen on validation."""
 import json
-import shutil
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import make_project, run_stage, set_params, write_fer_tree
+from conftest import prepared_project, set_params, working_copy
 from ferpipe import ensemble
 from ferpipe.data import PreparedData
 from ferpipe.evaluation import predict_probabilities, summarize
@@ -17,9 +16,7 @@ from test_model_and_training import recipe
 @pytest.fixture(scope="module")
 def prepared_template(tmp_path_factory):
     """A prepared project with three untrained models, made once for this module."""
-    root = tmp_path_factory.mktemp("ensemble")
-    project = make_project(root / "project", write_fer_tree(root / "fer2013"))
-    run_stage(project, "prepare")
+    project = prepared_project(tmp_path_factory.mktemp("ensemble"))
     for seed in range(3):
         keras.utils.set_random_seed(seed)
         build_model(recipe(width=8, augment={"crop": False})).save(project / f"model{seed}.keras")  # whole 48x48 faces
@@ -28,9 +25,7 @@ def prepared_template(tmp_path_factory):
 
 @pytest.fixture
 def prepared_with_models(prepared_template, tmp_path, monkeypatch):
-    """A copy of the template for one test to change, as the working directory."""
-    project = shutil.copytree(prepared_template, tmp_path / "project")
-    monkeypatch.chdir(project)
+    project = working_copy(prepared_template, tmp_path, monkeypatch)
     return project, [project / f"model{seed}.keras" for seed in range(3)]
 
 

@@ -1,6 +1,5 @@
 """ferpipe pack and ferpipe fit: training away from DVC (a lent GPU machine) on the prepared images."""
 import json
-import shutil
 import subprocess
 import sys
 
@@ -8,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import make_project, run_stage, set_params, stage_env, write_fer_tree
+from conftest import prepared_project, run_stage, set_params, stage_env, working_copy
 from ferpipe import fit, pack
 from ferpipe.data import PreparedData
 
@@ -23,19 +22,12 @@ def ferpipe(project, *args, check=True):
 
 @pytest.fixture(scope="module")
 def prepared_template(tmp_path_factory):
-    """A project after the prepare stage, made once for this module."""
-    root = tmp_path_factory.mktemp("fit")
-    project = make_project(root / "project", write_fer_tree(root / "fer2013"))
-    run_stage(project, "prepare")
-    return project
+    return prepared_project(tmp_path_factory.mktemp("fit"))
 
 
 @pytest.fixture
 def prepared(prepared_template, tmp_path, monkeypatch):
-    """A copy of the prepared project for one test to change, as the working directory."""
-    project = shutil.copytree(prepared_template, tmp_path / "project")
-    monkeypatch.chdir(project)
-    return project
+    return working_copy(prepared_template, tmp_path, monkeypatch)
 
 
 def test_a_pack_holds_the_prepared_train_and_val_images(prepared):
