@@ -374,7 +374,6 @@ def test_a_csv_output_file_keeps_a_file_name_that_is_not_utf8(model_files, tmp_p
     assert row["source"] == str(crop)  # the name's own bytes, as on stdout
 
 
-
 @pytest.mark.skipif(sys.getfilesystemencoding() != "utf-8" or sys.platform == "win32",
                     reason="needs a byte-oriented file system with UTF-8 names")
 def test_stdout_keeps_a_file_name_that_is_not_utf8_when_its_encoding_is_strict(model_files, tmp_path, monkeypatch):
