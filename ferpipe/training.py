@@ -123,7 +123,7 @@ def lr_at_epoch(train: dict, epoch: int, budget_used: float = 0.0) -> float:
 
 def schedule_callbacks(train: dict) -> list[keras.callbacks.Callback]:
     """LR schedule, then early stopping on train.select_by (best weights restored)."""
-    budget = TimeBudget(train["time_budget_minutes"])
+    budget = TimeBudget(train["time_budget_minutes"], _budget_advice(train))
     if train["schedule"] == "plateau":
         schedule = keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=train["plateau_factor"], patience=train["plateau_patience"], verbose=1
@@ -138,6 +138,16 @@ def schedule_callbacks(train: dict) -> list[keras.callbacks.Callback]:
     return [schedule, stop, budget]
 
 
+def _budget_advice(train: dict) -> str:
+    """What TimeBudget adds when the epochs will not fit: whether the LR schedule will have annealed."""
+    if train["schedule"] == "plateau":
+        return ""
+    if train["anneal_within_budget"]:
+        return "; the learning rate follows the budget (train.anneal_within_budget), so it anneals all the same"
+    return (f"; the {train['schedule']} schedule will not have annealed by then: set train.anneal_within_budget: "
+            f"true, fewer train.epochs, a larger train.time_budget_minutes or a faster train.model (`ferpipe bench`)")
+
+
 def best_epoch(history: dict, select_by: str) -> int:
     """Index of the epoch that early stopping keeps: lowest val_loss or highest val_accuracy (first of ties)."""
     values = history[select_by]
@@ -146,25 +156,44 @@ def best_epoch(history: dict, select_by: str) -> int:
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stop after the epoch that exhausts `minutes` of wall time (0 = no limit)."""
+    """Stop after the epoch that exhausts `minutes` of wall time (0 = no limit). After the second epoch
+    (the first also traces the training step) it says so when, at that epoch's speed, the run's epochs
+    will not fit: on a slower CPU than the recipe was sized for, the user learns it minutes into the run,
+    with `advice`, rather than at the end."""
 
-    def __init__(self, minutes: float):
+    def __init__(self, minutes: float, advice: str = ""):
         super().__init__()
         self.seconds = minutes * 60
+        self.advice = advice
         self.exhausted = False
 
     def on_train_begin(self, logs=None):
         self.start = time.monotonic()
+        self.epoch_ends = []
 
     def share_used(self) -> float:
         """Share of the budget spent so far (0 without a budget)."""
         return (time.monotonic() - self.start) / self.seconds if self.seconds else 0.0
 
     def on_epoch_end(self, epoch, logs=None):
+        self.epoch_ends.append(time.monotonic())
+        if len(self.epoch_ends) == 2 and self.seconds:
+            self._forecast(epoch + 1)
         if self.share_used() >= 1:
             self.exhausted = True
             self.model.stop_training = True
             print(f"time budget of {self.seconds / 60:g} min used up after epoch {epoch + 1}; stopping", flush=True)
+
+    def _forecast(self, epochs_done: int) -> None:
+        epochs, elapsed = self.params["epochs"], self.epoch_ends[-1] - self.start
+        per_epoch = self.epoch_ends[-1] - self.epoch_ends[-2]
+        needed = elapsed + (epochs - epochs_done) * per_epoch
+        if needed <= self.seconds:
+            return
+        last = min(epochs, epochs_done + max(1, math.ceil((self.seconds - elapsed) / per_epoch)))
+        print(f"time budget: at {per_epoch:.0f} s an epoch, {epochs} epochs need about {needed / 60:.0f} min, more "
+              f"than the budget's {self.seconds / 60:g} min; training will stop after about epoch {last} of "
+              f"{epochs}{self.advice}", flush=True)
 
 
 def class_weights(train: dict, labels: np.ndarray) -> dict[int, float] | None:

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import keras
@@ -249,6 +250,46 @@ def test_time_budget_share_used():
     budget.start = time.monotonic() - 30
     assert 0.5 <= budget.share_used() < 0.6
     assert training.TimeBudget(0).share_used() == 0.0
+
+
+def run_budget_epochs(monkeypatch, budget, epoch_seconds, epochs):
+    """Drive a TimeBudget through epochs of the given lengths on a fake clock."""
+    clock = [1000.0]
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    budget.set_params({"epochs": epochs})
+    budget.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    budget.model.stop_training = False  # as fit() sets it
+    budget.on_train_begin()
+    for epoch, seconds in enumerate(epoch_seconds):
+        clock[0] += seconds
+        budget.on_epoch_end(epoch)
+        if budget.model.stop_training:
+            return epoch + 1
+    return len(epoch_seconds)
+
+
+@pytest.mark.parametrize("anneal, advice", [(False, "cosine schedule will not have annealed by then"),
+                                            (True, "the learning rate follows the budget")])
+def test_time_budget_says_early_when_the_epochs_will_not_fit(monkeypatch, capsys, anneal, advice):
+    train = recipe(epochs=100, anneal_within_budget=anneal)
+    budget = training.TimeBudget(10, training._budget_advice(train))  # 10 min; 90 s epochs after a 126 s first one
+    ran = run_budget_epochs(monkeypatch, budget, [126] + [90] * 99, epochs=100)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("time budget: at 90 s an epoch, 100 epochs need about 151 min, more than the "
+                             "budget's 10 min; training will stop after about epoch 7 of 100")
+    assert advice in out[0]
+    assert ran == 7 and out[-1] == "time budget of 10 min used up after epoch 7; stopping"
+
+
+@pytest.mark.parametrize("minutes", [0, 160])
+def test_time_budget_is_silent_when_the_epochs_fit(monkeypatch, capsys, minutes):
+    budget = training.TimeBudget(minutes, training._budget_advice(recipe(epochs=100)))
+    assert run_budget_epochs(monkeypatch, budget, [126] + [90] * 99, epochs=100) == 100
+    assert capsys.readouterr().out == ""
+
+
+def test_time_budget_advice_names_no_schedule_for_plateau():
+    assert training._budget_advice(recipe(schedule="plateau")) == ""
 
 
 def test_precision_auto_resolves_to_a_concrete_policy():
