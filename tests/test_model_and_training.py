@@ -288,8 +288,31 @@ def test_time_budget_is_silent_when_the_epochs_fit(monkeypatch, capsys, minutes)
     assert capsys.readouterr().out == ""
 
 
-def test_time_budget_advice_names_no_schedule_for_plateau():
+def test_time_budget_advice_names_no_schedule_for_plateau(monkeypatch):
+    monkeypatch.setattr(training, "onednn_hint", lambda: "")
     assert training._budget_advice(recipe(schedule="plateau")) == ""
+
+
+@pytest.mark.parametrize("flags, env, hinted", [({"avx2", "fma"}, None, True),  # AVX2 only: TF leaves oneDNN off
+                                                ({"avx2", "avx512_bf16"}, None, False),  # TF turns it on itself
+                                                ({"avx2", "amx_tile"}, None, False),
+                                                ({"avx2"}, "0", False),  # the user chose
+                                                ({"avx2"}, "1", False),
+                                                (set(), None, False)])  # not an x86 /proc/cpuinfo
+def test_onednn_hint_only_where_tensorflow_leaves_onednn_off(monkeypatch, flags, env, hinted):
+    monkeypatch.setattr(training, "_cpu_flags", lambda: flags)
+    if env is None:
+        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    else:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", env)
+    hint = training.onednn_hint()
+    assert ("TF_ENABLE_ONEDNN_OPTS=1" in hint) == hinted
+    assert (hint in training._budget_advice(recipe(schedule="plateau"))) and bool(hint) == hinted
+
+
+def test_cpu_flags_reads_this_machine():
+    flags = training._cpu_flags()
+    assert flags == set() or "fpu" in flags  # x86 /proc/cpuinfo lists fpu; elsewhere no flags line
 
 
 def test_precision_auto_resolves_to_a_concrete_policy():
