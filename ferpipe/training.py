@@ -207,7 +207,7 @@ class TimeBudget(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_ends.append(time.monotonic())
-        if len(self.epoch_ends) == 2 and self.seconds:
+        if len(self.epoch_ends) == 2 and 0 < self.share_used() < 1:  # at 1 or more, the stop below says it
             self._forecast(epoch + 1)
         if self.share_used() >= 1:
             self.exhausted = True
@@ -220,7 +220,7 @@ class TimeBudget(keras.callbacks.Callback):
         needed = elapsed + (epochs - epochs_done) * per_epoch
         if needed <= self.seconds:
             return
-        last = min(epochs, epochs_done + max(1, math.ceil((self.seconds - elapsed) / per_epoch)))
+        last = min(epochs, epochs_done + math.ceil((self.seconds - elapsed) / per_epoch))
         print(f"time budget: at {per_epoch:.0f} s an epoch, {epochs} epochs need about {needed / 60:.0f} min, more "
               f"than the budget's {self.seconds / 60:g} min; training will stop after about epoch {last} of "
               f"{epochs}{self.advice}", flush=True)

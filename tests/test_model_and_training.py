@@ -288,6 +288,12 @@ def test_time_budget_is_silent_when_the_epochs_fit(monkeypatch, capsys, minutes)
     assert capsys.readouterr().out == ""
 
 
+def test_time_budget_used_up_by_the_second_epoch_says_only_that(monkeypatch, capsys):
+    budget = training.TimeBudget(3, "")  # 3 min, two 100 s epochs
+    assert run_budget_epochs(monkeypatch, budget, [100, 100, 100], epochs=10) == 2
+    assert capsys.readouterr().out == "time budget of 3 min used up after epoch 2; stopping\n"
+
+
 def test_time_budget_advice_names_no_schedule_for_plateau(monkeypatch):
     monkeypatch.setattr(training, "onednn_hint", lambda: "")
     assert training._budget_advice(recipe(schedule="plateau")) == ""
