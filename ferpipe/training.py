@@ -29,19 +29,8 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-# CPU features for which TensorFlow turns its oneDNN kernels on by itself (TF >= 2.9 on Linux)
-ONEDNN_CPU_FEATURES = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
-
-
 def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it lists none, e.g. off Linux or x86)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
@@ -49,6 +38,14 @@ def _cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def _cpu_has_bf16() -> bool:
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+# CPU features for which TensorFlow turns its oneDNN kernels on by itself (TF >= 2.9 on Linux)
+ONEDNN_CPU_FEATURES = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 
 
 def onednn_hint() -> str:
