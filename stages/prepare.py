@@ -29,9 +29,8 @@ def main():
     files = data.check_layout(prepare["data_root"])
     ignored = data.ignored_entries(prepare["data_root"])
     if ignored:
-        shown = "\n  ".join(ignored[:20]) + (f"\n  ... and {len(ignored) - 20} more" if len(ignored) > 20 else "")
         print(f"WARNING: ignored {len(ignored)} entries that are not images of the 7 class folders of train/ "
-              f"and test/:\n  {shown}", file=sys.stderr)
+              f"and test/:{listing(ignored)}", file=sys.stderr)
     report = data.DecodeReport()
     frames, arrays = [], []
     for split in data.SPLITS:
@@ -95,19 +94,20 @@ def main():
     STATS_FILE.write_text(json.dumps(stats, indent=2) + "\n")
 
     if report.undecodable:
-        shown = "\n  ".join(report.undecodable[:20])
-        more = f"\n  ... and {len(report.undecodable) - 20} more" if len(report.undecodable) > 20 else ""
-        print(
-            f"WARNING: excluded {len(report.undecodable)} file(s) that are not readable images "
-            f"(full list in {OUT_DIR / 'report.json'}):\n  {shown}{more}",
-            file=sys.stderr,
-        )
+        print(f"WARNING: excluded {len(report.undecodable)} file(s) that are not readable images "
+              f"(full list in {OUT_DIR / 'report.json'}):{listing(report.undecodable)}", file=sys.stderr)
     for what, items in (("colour images converted to grayscale", report.converted_to_grayscale),
                         ("images resized to 48x48", report.resized)):
         if items:
             print(f"note: {len(items)} {what} (listed in {OUT_DIR / 'report.json'})", file=sys.stderr)
     print(f"indexed {len(index)} images: " + ", ".join(f"{s} {stats[s]['total']}" for s in ("train", "val", "test")))
     write_quality_report(quality)
+
+
+def listing(items: list[str], shown: int = 20) -> str:
+    """The first `shown` items, one per indented line, and how many more there are."""
+    more = f"\n  ... and {len(items) - shown} more" if len(items) > shown else ""
+    return "".join(f"\n  {item}" for item in items[:shown]) + more
 
 
 def write_quality_report(quality: dict) -> None:

@@ -106,6 +106,17 @@ def test_undecodable_files_are_excluded_and_reported(project, fer_tree):
     assert not index.path.str.contains("corrupt|notes|empty").any()
 
 
+def test_a_long_list_of_undecodable_files_shows_twenty_and_counts_the_rest(project, fer_tree):
+    bad = [fer_tree / "train" / "happy" / f"broken{i:02d}.jpg" for i in range(23)]
+    for path in bad:
+        path.write_bytes(b"")
+    result = run_stage(project, "prepare")
+    warning = result.stderr[result.stderr.index("excluded 23 file(s)"):]
+    assert sum(path.name in warning for path in bad) == 20
+    assert "... and 3 more" in warning
+    assert sorted(read_outputs(project)[3]["undecodable"]) == sorted(str(p) for p in bad)
+
+
 def test_all_training_images_of_a_class_undecodable_is_an_error(project, fer_tree):
     for file in (fer_tree / "train" / "disgust").iterdir():
         file.write_bytes(b"garbage")
