@@ -25,7 +25,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ferpipe import IMAGE_SIZE, MODELS, params as params_module
+from ferpipe import IMAGE_SIZE, MODELS, FerError, params as params_module
 from ferpipe.inference import INT8_FILE, KERAS_FILE, ONNX_FILE, OnnxModel
 from ferpipe.training import compile_model, cpu_name, member_models, one_hot, set_precision
 
@@ -185,7 +185,12 @@ def main(argv=None):
     unused = sorted({name for name, _ in args.batch_size} - set(args.models))
     if unused:
         parser.error(f"--batch-size names {', '.join(unused)}, which --models does not time")
-    base = params_module.load(args.params)["train"]
+    if args.no_training and args.no_inference:
+        parser.error("--no-training and --no-inference together leave nothing to measure")
+    try:
+        base = params_module.load(args.params)["train"]
+    except FerError as err:
+        parser.error(str(err))
     if args.fused is not None:
         base = {**base, "augment": {**base["augment"], "fused": args.fused}}
     precision = set_precision(args.precision or base["precision"])

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from ferpipe import TTA_MODES, FerError, params as params_module
+from ferpipe.cli import output_file_problem
 
 PREPARED_DIR = Path("data/prepared")
 MAX_MODELS = 8  # 255 rows scored: 8 single models and 247 combinations
@@ -97,10 +98,11 @@ def main(argv=None):
     missing = [str(path) for path in files if not path.is_file()]
     if missing:
         parser.error("model file(s) not found: " + ", ".join(missing))
-    if args.output and args.output.is_dir():  # checked now, not after minutes of predictions
-        parser.error(f"--output {args.output} is a folder; give a file name")
-    if args.output and not args.output.parent.is_dir():
-        parser.error(f"--output {args.output}: folder {args.output.parent} does not exist")
+    bad_output = output_file_problem(args.output)  # checked now, not after minutes of predictions
+    if bad_output:
+        parser.error(bad_output)
+    if args.output and args.output.resolve() in {path.resolve() for path in files}:
+        parser.error(f"--output {args.output} is one of the models; give another file name")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:

@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from ferpipe import CLASS_NAMES, FerError
+from ferpipe.cli import output_file_problem
 from ferpipe.data import PreparedData, to_model_input
 
 PREPARED_DIR = Path("data/prepared")
@@ -97,6 +98,9 @@ class Pack:
                 or not ((labels >= 0) & (labels < len(CLASS_NAMES))).all():
             raise FerError(f"{path} is damaged: offsets and labels must be whole numbers, labels 0-{len(CLASS_NAMES) - 1}, "
                            "is_val true/false; make it again")
+        if offsets[0] != 0 or offsets[-1] != len(files) or (np.diff(offsets) <= 0).any():
+            raise FerError(f"{path} is damaged: its image offsets do not cut its {len(files)} bytes into "
+                           f"{count} files; make it again")
         images = []
         for start, end in zip(offsets[:-1], offsets[1:]):
             decoded = cv2.imdecode(files[start:end], cv2.IMREAD_UNCHANGED)
@@ -119,6 +123,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.output.is_dir():
         parser.error(f"--output {args.output} is a folder; give the pack's file name, e.g. {args.output / DEFAULT_PACK.name}")
+    bad_output = output_file_problem(args.output, creates_folders=True)
+    if bad_output:
+        parser.error(bad_output)
     try:
         counts = write_pack(args.prepared, args.output)
     except FerError as err:

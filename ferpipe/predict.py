@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from ferpipe import CLASS_NAMES, TTA_MODES, FerError
+from ferpipe.cli import output_file_problem
 from ferpipe.data import decode, grayscale
 from ferpipe.evaluation import check_tta, predict_probabilities
 from ferpipe.faces import FaceDetector, crop_face, is_fer_crop
@@ -90,11 +91,11 @@ def parse_args(argv):
 def input_files(inputs, warn):
     """(file, name for annotated copies) for each input; folders are walked recursively in sorted order.
 
-    Hidden files and folders are skipped. Names of annotated copies start with the folder's own
-    name (that of `..` is its real one), keep the folder structure below it, and get a number
-    when two inputs would share a name.
+    Each file comes once, however often it is named; hidden files and folders are skipped. Names of
+    annotated copies start with the folder's own name (that of `..` is its real one), keep the folder
+    structure below it, and get a number when two inputs would share a name.
     """
-    taken = set()
+    taken, seen = set(), set()
     for item in map(Path, inputs):
         if item.is_dir():
             files = sorted(p for p in item.rglob("*")
@@ -108,6 +109,9 @@ def input_files(inputs, warn):
             warn(f"{item}: no such file or folder")
             continue
         for file, name in named:
+            if file.resolve() in seen:  # named twice (say, a folder and a file in it): classified once
+                continue
+            seen.add(file.resolve())
             unique, n = name, 1
             while unique in taken:
                 n += 1
@@ -254,10 +258,9 @@ def encode_image(path: Path, image: np.ndarray) -> tuple[Path, np.ndarray]:
 
 def check_output_paths(args) -> str | None:
     """A message if --output or --annotate cannot be written, before any work starts."""
-    if args.output and not args.output.parent.is_dir():
-        return f"--output {args.output}: folder {args.output.parent} does not exist"
-    if args.output and args.output.is_dir():
-        return f"--output {args.output} is a folder; give a file name"
+    bad_output = output_file_problem(args.output)
+    if bad_output:
+        return bad_output
     if args.annotate and args.annotate.exists() and not args.annotate.is_dir():
         return f"--annotate {args.annotate} is a file; give a folder"
     return None
@@ -288,7 +291,11 @@ def run(args) -> int:
     # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes (stdout is strict
     # under some locales and with PYTHONIOENCODING, and would fail on it)
     if args.output:
-        out = args.output.open("w", newline="", errors="surrogateescape")
+        try:
+            out = args.output.open("w", newline="", errors="surrogateescape")
+        except OSError as err:
+            print(f"ferpipe predict: error: --output {args.output}: {err.strerror}", file=sys.stderr)
+            return 2
     else:
         out = sys.stdout
         if hasattr(out, "reconfigure"):

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from ferpipe.cli import output_file_problem
+
 RESULT_PREFIX = "REPEAT-RESULT "
 PREPARED_DIR = Path("data/prepared")
 
@@ -114,6 +116,9 @@ def main(argv=None):
     for name in ("runs", "epochs", "train_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    bad_output = output_file_problem(args.output)  # checked now, not after the first run's minutes
+    if bad_output:
+        parser.error(bad_output)
 
     if args.child:
         from ferpipe import FerError

@@ -126,6 +126,25 @@ def test_bench_refuses_counts_below_one(capsys):
     assert exit_info.value.code == 2 and "--rounds must be at least 1, got 0" in capsys.readouterr().err
 
 
+def test_bench_refuses_to_skip_both_parts(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--no-training", "--no-inference"])
+    assert exit_info.value.code == 2 and "leave nothing to measure" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, said", [
+    (None, "nowhere.yaml: params file not found"),
+    ("train:\n  lr: -1\n", "invalid params.yaml"),
+])
+def test_bench_reports_a_missing_or_bad_params_file_without_a_traceback(capsys, tmp_path, content, said):
+    path = tmp_path / "nowhere.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--params", str(path)])
+    assert exit_info.value.code == 2 and said in capsys.readouterr().err
+
+
 def test_bench_refuses_an_unknown_model(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--models", "resnet"])

@@ -62,6 +62,10 @@ def test_repeat_rejects_bad_arguments_missing_data_and_bad_params_before_any_run
     with pytest.raises(SystemExit) as usage_error:
         repeat_command.main(["--runs", "0"])
     assert usage_error.value.code == 2 and "--runs must be at least 1" in capsys.readouterr().err
+    for output, said in (("stages", "--output stages is a folder"), ("nowhere/runs.json", "folder nowhere does not exist")):
+        with pytest.raises(SystemExit) as usage_error:
+            repeat_command.main(["--output", output])
+        assert usage_error.value.code == 2 and said in capsys.readouterr().err
 
     def no_run(*args):
         raise AssertionError("a run was started")

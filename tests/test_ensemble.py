@@ -87,6 +87,8 @@ def test_a_bad_evaluate_param_is_reported_when_it_is_the_default(prepared_with_m
     (["model0.keras", "model.onnx"], "not .keras files: model.onnx (ONNX exports are for ferpipe predict)"),
     (["model0.keras", "--output", "data"], "--output data is a folder; give a file name"),
     (["model0.keras", "--output", "nowhere/scores.json"], "--output nowhere/scores.json: folder nowhere does not exist"),
+    (["model0.keras", "model1.keras", "--output", "data/../model1.keras"],
+     "--output data/../model1.keras is one of the models; give another file name"),
 ])
 def test_bad_arguments_are_refused(prepared_with_models, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -140,7 +140,11 @@ def truncate(path):  # a copy broken off half way
      "is damaged: its image, label and digest counts disagree"),
     (lambda path: changed_pack(path, offsets=lambda offsets: offsets.astype(float)), "is damaged: offsets and labels"),
     (lambda path: changed_pack(path, labels=lambda labels: labels + 7), "labels 0-6"),
-], ids=["missing", "foreign", "truncated", "old format", "counts", "float offsets", "labels out of range"])
+    (lambda path: changed_pack(path, offsets=lambda offsets: offsets[[0, 2, 1, *range(3, len(offsets))]]),
+     "is damaged: its image offsets do not cut"),
+    (lambda path: changed_pack(path, offsets=lambda offsets: offsets + 1), "is damaged: its image offsets do not cut"),
+], ids=["missing", "foreign", "truncated", "old format", "counts", "float offsets", "labels out of range",
+        "offsets out of order", "offsets shifted"])
 def test_a_missing_foreign_or_damaged_pack_is_refused(prepared, tmp_path, capsys, damage, message):
     path = tmp_path / "pack.npz"
     damage(path)
@@ -195,4 +199,8 @@ def test_an_output_of_the_wrong_kind_is_refused_before_any_work(prepared, capsys
     with pytest.raises(SystemExit) as exit_info:
         pack.main(["--output", "data"])
     assert exit_info.value.code == 2 and "--output data is a folder; give the pack's file name" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        pack.main(["--output", "a_file/packs/fer.npz"])
+    assert exit_info.value.code == 2 and "--output a_file/packs/fer.npz: a_file is a file, not a folder" in \
+        capsys.readouterr().err
     assert not list(prepared.glob("*.partial.npz"))

@@ -245,14 +245,23 @@ def test_one_broken_file_never_stops_the_batch(model_files, tmp_path, capsys):
 
 
 def test_hidden_folders_are_skipped_and_annotated_names_never_collide(model_files, tmp_path, capsys):
-    for folder in ("a", "b", "a/.ipynb_checkpoints"):
+    for folder in ("a", "b", "c", "c/.ipynb_checkpoints"):
         (tmp_path / folder).mkdir()
         cv2.imwrite(str(tmp_path / folder / "photo.png"), draw_face())
     code, out, err = run_predict(capsys, "--model", model_files[0], "--annotate", tmp_path / "out",
-                                 tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png", tmp_path / "a")
+                                 tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png", tmp_path / "c")
     assert code == 0 and len(json_lines(out)) == 3 and ".ipynb_checkpoints" not in out + err
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
-        "a/photo.png", "photo.png", "photo_2.png"]
+        "c/photo.png", "photo.png", "photo_2.png"]
+
+
+def test_a_file_named_twice_is_classified_once(model_files, tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    cv2.imwrite(str(tmp_path / "a" / "photo.png"), draw_face())
+    code, out, _ = run_predict(capsys, "--model", model_files[0], "--annotate", tmp_path / "out",
+                               tmp_path / "a", tmp_path / "a" / "photo.png", tmp_path / "a" / ".." / "a" / "photo.png")
+    assert code == 0 and [face["source"] for face in json_lines(out)] == [str(tmp_path / "a" / "photo.png")]
+    assert [p.name for p in (tmp_path / "out").rglob("*.png")] == ["photo.png"]
 
 
 def test_video_rows_carry_the_frame_index_in_csv(model_files, tmp_path, capsys):
@@ -286,11 +295,20 @@ def test_a_file_without_read_permission_is_reported(model_files, tmp_path, capsy
     ("--output", "missing/r.jsonl", "does not exist"),
     ("--output", ".", "is a folder"),
     ("--annotate", "a_file", "is a file"),
+    ("--output", "a_file/r.jsonl", "a_file is a file, not a folder"),
 ])
 def test_unwritable_output_paths_exit_2_before_any_work(model_files, tmp_path, capsys, option, target, message):
     (tmp_path / "a_file").write_text("x")
     code, out, err = run_predict(capsys, "--model", model_files[0], option, tmp_path / target, tmp_path)
     assert code == 2 and out == "" and message in err
+
+
+def test_an_output_file_that_cannot_be_opened_exits_2(model_files, tmp_path, capsys):
+    (tmp_path / "dangling.jsonl").symlink_to(tmp_path / "gone" / "r.jsonl")  # passes the early checks, then fails
+    cv2.imwrite(str(tmp_path / "face.png"), draw_face())
+    code, out, err = run_predict(capsys, "--model", model_files[0], "--output", tmp_path / "dangling.jsonl",
+                                 tmp_path / "face.png")
+    assert code == 2 and out == "" and "No such file or directory" in err
 
 
 def test_predict_help_names_the_inputs_and_outputs():
