@@ -5,7 +5,8 @@
 Faces are found with OpenCV's bundled Haar cascade, cropped with a margin and turned into
 48x48 grayscale exactly as the training images are. A 48x48 grayscale picture (an FER-style
 crop) is classified whole. One line per face goes to stdout (JSON, or CSV with --format csv);
-problems with single files go to stderr and never stop the batch.
+problems with single files go to stderr and never stop the batch. On a batch that takes longer,
+a progress line (files done, faces so far) goes to stderr every PROGRESS_SECONDS.
 
 Exit status: 0 if at least one face was classified, 1 if none was (no readable input or no
 face anywhere), 2 for a usage error or a missing model, 141 when the reader of stdout stopped
@@ -18,6 +19,7 @@ import csv
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -302,6 +304,7 @@ def run(args) -> int:
             out.reconfigure(errors="surrogateescape")
     writer = csv.DictWriter(out, CSV_COLUMNS) if args.format == "csv" else None
     n_faces = n_files = 0
+    progress = Progress(len(files))
 
     def emit(face: Face):
         nonlocal n_faces
@@ -314,7 +317,8 @@ def run(args) -> int:
     try:
         if writer:
             writer.writeheader()
-        for path, name in files:
+        for done, (path, name) in enumerate(files):
+            progress.update(done, n_faces)
             try:
                 found = predictor.classify_file(path, name, emit, warn)
             except FileProblem as problem:
@@ -337,6 +341,24 @@ def run(args) -> int:
     print(f"ferpipe predict: {n_faces} face(s) classified in {n_files} readable file(s); "
           f"{len(problems)} problem(s) reported; model {predictor.model_name}", file=sys.stderr)
     return 0 if n_faces else 1
+
+
+PROGRESS_SECONDS = 10.0
+
+
+class Progress:
+    """A line on stderr at most every PROGRESS_SECONDS: how far a long batch has got."""
+
+    def __init__(self, total_files: int):
+        self.total_files = total_files
+        self.last = time.monotonic()
+
+    def update(self, files_done: int, faces: int) -> None:
+        now = time.monotonic()
+        if files_done and now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            print(f"ferpipe predict: {files_done} of {self.total_files} files, {faces} face(s) so far",
+                  file=sys.stderr, flush=True)
 
 
 def stdout_closed() -> int:

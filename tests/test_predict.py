@@ -311,6 +311,22 @@ def test_an_output_file_that_cannot_be_opened_exits_2(model_files, tmp_path, cap
     assert code == 2 and out == "" and "No such file or directory" in err
 
 
+def test_a_long_batch_reports_progress_on_stderr(model_files, tmp_path, capsys, monkeypatch):
+    (tmp_path / "faces").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        cv2.imwrite(str(tmp_path / "faces" / name), draw_face())
+    monkeypatch.setattr(predict, "PROGRESS_SECONDS", 0.0)  # as if every file took longer than the interval
+    code, out, err = run_predict(capsys, "--model", model_files[0], "--output", tmp_path / "r.jsonl",
+                                 tmp_path / "faces")
+    assert code == 0 and out == ""
+    assert "1 of 3 files, 1 face(s) so far" in err and "2 of 3 files, 2 face(s) so far" in err
+    assert "0 of 3" not in err and "3 of 3" not in err  # the closing summary says the rest
+    monkeypatch.setattr(predict, "PROGRESS_SECONDS", 3600.0)
+    code, out, err = run_predict(capsys, "--model", model_files[0], "--output", tmp_path / "r.jsonl",
+                                 tmp_path / "faces")
+    assert code == 0 and "so far" not in err
+
+
 def test_predict_help_names_the_inputs_and_outputs():
     result = subprocess.run([sys.executable, "-m", "ferpipe", "predict", "--help"], capture_output=True, text=True,
                             cwd=REPO, timeout=60)
