@@ -18,6 +18,7 @@ Timings exclude a warm-up pass.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -190,7 +191,8 @@ def main(argv=None):
     try:
         base = params_module.load(args.params)["train"]
     except FerError as err:
-        parser.error(str(err))
+        print(f"ferpipe bench: error: {err}", file=sys.stderr)
+        return 2
     if args.fused is not None:
         base = {**base, "augment": {**base["augment"], "fused": args.fused}}
     precision = set_precision(args.precision or base["precision"])

@@ -124,7 +124,11 @@ def main(argv=None):
     print(f"\nchosen on validation: {' + '.join(chosen['models'])}: val accuracy "
           f"{chosen['validation']['accuracy']:.4f}, test accuracy {chosen['test']['accuracy']:.4f}")
     if args.output:
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
+        try:
+            args.output.write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as err:  # e.g. a link to a folder that is gone: the table above is all there is
+            print(f"ferpipe ensemble: error: cannot write --output {args.output}: {err.strerror}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -98,7 +98,7 @@ class Pack:
                 or not ((labels >= 0) & (labels < len(CLASS_NAMES))).all():
             raise FerError(f"{path} is damaged: offsets and labels must be whole numbers, labels 0-{len(CLASS_NAMES) - 1}, "
                            "is_val true/false; make it again")
-        if offsets[0] != 0 or offsets[-1] != len(files) or (np.diff(offsets) <= 0).any():
+        if offsets[0] != 0 or offsets[-1] != len(files) or (offsets[1:] <= offsets[:-1]).any():
             raise FerError(f"{path} is damaged: its image offsets do not cut its {len(files)} bytes into "
                            f"{count} files; make it again")
         images = []

@@ -5,8 +5,8 @@
 Faces are found with OpenCV's bundled Haar cascade, cropped with a margin and turned into
 48x48 grayscale exactly as the training images are. A 48x48 grayscale picture (an FER-style
 crop) is classified whole. One line per face goes to stdout (JSON, or CSV with --format csv);
-problems with single files go to stderr and never stop the batch. On a batch that takes longer,
-a progress line (files done, faces so far) goes to stderr every PROGRESS_SECONDS.
+problems with single files go to stderr and never stop the batch. A batch that takes longer than
+10 s says how far it has got (files done, faces so far) on stderr, at most every 10 s, between files.
 
 Exit status: 0 if at least one face was classified, 1 if none was (no readable input or no
 face anywhere), 2 for a usage error or a missing model, 141 when the reader of stdout stopped
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from ferpipe import CLASS_NAMES, TTA_MODES, FerError
-from ferpipe.cli import output_file_problem
+from ferpipe.cli import output_file_problem, output_folder_problem
 from ferpipe.data import decode, grayscale
 from ferpipe.evaluation import check_tta, predict_probabilities
 from ferpipe.faces import FaceDetector, crop_face, is_fer_crop
@@ -36,6 +36,7 @@ from ferpipe.inference import load_classifier
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".gif"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".jp2"}
 CSV_COLUMNS = ["source", "frame", "x", "y", "width", "height", "label", "confidence", *CLASS_NAMES]
+PROGRESS_SECONDS = 10.0  # at most one progress line on stderr this often
 
 
 @dataclass
@@ -93,7 +94,7 @@ def parse_args(argv):
 def input_files(inputs, warn):
     """(file, name for annotated copies) for each input; folders are walked recursively in sorted order.
 
-    Each file comes once, however often it is named; hidden files and folders are skipped. Names of
+    Each file comes once, however often and under whatever names (links) it is given; hidden files and folders are skipped. Names of
     annotated copies start with the folder's own name (that of `..` is its real one), keep the folder
     structure below it, and get a number when two inputs would share a name.
     """
@@ -111,9 +112,10 @@ def input_files(inputs, warn):
             warn(f"{item}: no such file or folder")
             continue
         for file, name in named:
-            if file.resolve() in seen:  # named twice (say, a folder and a file in it): classified once
+            real = file.resolve()
+            if real in seen:  # named twice (a folder and a file in it, or two links to it): classified once
                 continue
-            seen.add(file.resolve())
+            seen.add(real)
             unique, n = name, 1
             while unique in taken:
                 n += 1
@@ -260,12 +262,7 @@ def encode_image(path: Path, image: np.ndarray) -> tuple[Path, np.ndarray]:
 
 def check_output_paths(args) -> str | None:
     """A message if --output or --annotate cannot be written, before any work starts."""
-    bad_output = output_file_problem(args.output)
-    if bad_output:
-        return bad_output
-    if args.annotate and args.annotate.exists() and not args.annotate.is_dir():
-        return f"--annotate {args.annotate} is a file; give a folder"
-    return None
+    return output_file_problem(args.output) or output_folder_problem(args.annotate, "--annotate")
 
 
 def run(args) -> int:
@@ -341,9 +338,6 @@ def run(args) -> int:
     print(f"ferpipe predict: {n_faces} face(s) classified in {n_files} readable file(s); "
           f"{len(problems)} problem(s) reported; model {predictor.model_name}", file=sys.stderr)
     return 0 if n_faces else 1
-
-
-PROGRESS_SECONDS = 10.0
 
 
 class Progress:

@@ -142,7 +142,12 @@ def main(argv=None):
             run = run_in_fresh_process(mode == "on", args.epochs, args.train_images)
             results[mode].append(run)
             if args.output:  # after every run: a failure later loses nothing
-                args.output.write_text(json.dumps(results, indent=2) + "\n")
+                try:
+                    args.output.write_text(json.dumps(results, indent=2) + "\n")
+                except OSError as err:
+                    print(f"ferpipe repeat: error: cannot write --output {args.output}: {err.strerror}",
+                          file=sys.stderr)
+                    return 2
             print(f"deterministic {mode:<3} run {number}: test acc {run['test']['accuracy']:.4f} "
                   f"loss {run['test']['loss']:.4f}, val acc {run['val']['accuracy']:.4f}, "
                   f"{run['train_images_per_second']:.0f} img/s, weights {run['weights_sha256'][:12]}", flush=True)

@@ -114,6 +114,14 @@ def test_a_single_model_is_scored_alone(prepared_with_models, capsys):
     assert result["chosen"]["test"]["accuracy"] == pytest.approx(summarize(y_test, probs)["accuracy"])
 
 
+def test_an_output_that_cannot_be_written_is_an_error_after_the_table(prepared_with_models, capsys):
+    project, files = prepared_with_models
+    (project / "scores.json").symlink_to(project / "gone" / "scores.json")  # passes the early checks
+    assert ensemble.main([str(files[0]), "--tta", "none", "--output", "scores.json"]) == 2
+    out, err = capsys.readouterr()
+    assert "chosen on validation" in out and "cannot write --output scores.json: No such file or directory" in err
+
+
 def test_missing_prepared_data_is_reported(prepared_with_models, capsys):
     project, files = prepared_with_models
     (project / "data/prepared/index.csv").unlink()

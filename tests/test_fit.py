@@ -126,6 +126,10 @@ def test_a_pack_whose_pixels_decode_differently_is_flagged(prepared, tmp_path):
     assert pack.Pack(tmp_path / "other.npz").differing == 3
 
 
+def swap_first_two(offsets):  # where the first image ends comes after where the second ends
+    return offsets[[0, 2, 1, *range(3, len(offsets))]]
+
+
 def truncate(path):  # a copy broken off half way
     changed_pack(path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -140,11 +144,13 @@ def truncate(path):  # a copy broken off half way
      "is damaged: its image, label and digest counts disagree"),
     (lambda path: changed_pack(path, offsets=lambda offsets: offsets.astype(float)), "is damaged: offsets and labels"),
     (lambda path: changed_pack(path, labels=lambda labels: labels + 7), "labels 0-6"),
-    (lambda path: changed_pack(path, offsets=lambda offsets: offsets[[0, 2, 1, *range(3, len(offsets))]]),
+    (lambda path: changed_pack(path, offsets=swap_first_two),
+     "is damaged: its image offsets do not cut"),
+    (lambda path: changed_pack(path, offsets=lambda offsets: swap_first_two(offsets).astype(np.uint64)),
      "is damaged: its image offsets do not cut"),
     (lambda path: changed_pack(path, offsets=lambda offsets: offsets + 1), "is damaged: its image offsets do not cut"),
 ], ids=["missing", "foreign", "truncated", "old format", "counts", "float offsets", "labels out of range",
-        "offsets out of order", "offsets shifted"])
+        "offsets out of order", "unsigned offsets out of order", "offsets shifted"])
 def test_a_missing_foreign_or_damaged_pack_is_refused(prepared, tmp_path, capsys, damage, message):
     path = tmp_path / "pack.npz"
     damage(path)

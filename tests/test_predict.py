@@ -296,6 +296,7 @@ def test_a_file_without_read_permission_is_reported(model_files, tmp_path, capsy
     ("--output", ".", "is a folder"),
     ("--annotate", "a_file", "is a file"),
     ("--output", "a_file/r.jsonl", "a_file is a file, not a folder"),
+    ("--annotate", "a_file/annotated", "a_file is a file, not a folder"),
 ])
 def test_unwritable_output_paths_exit_2_before_any_work(model_files, tmp_path, capsys, option, target, message):
     (tmp_path / "a_file").write_text("x")
