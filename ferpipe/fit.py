@@ -7,7 +7,8 @@ budget, all from the params file's train section) without DVC and DVCLive: each 
 printed and appended to DIR/epochs.jsonl as they come, so that a run stopped from outside keeps
 them. Writes DIR/model.keras and DIR/summary.json (the train stage's summary, plus the backend, the
 machine and whether the pack's pixels matched the prepare stage's). An interrupted run goes on from
-its last completed epoch when started again with the same DIR. Score the model where the test images
+its last completed epoch when started again with the same DIR; a DIR that holds a finished run is
+refused, not overwritten. Score the model where the test images
 are: `ferpipe ensemble DIR/model.keras`.
 """
 from __future__ import annotations
@@ -99,6 +100,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.output.exists() and not args.output.is_dir():
         parser.error(f"--output {args.output} is a file; give a folder (it gets model.keras, summary.json, epochs.jsonl)")
+    if (args.output / "model.keras").exists() and not (args.output / "resume").exists():
+        parser.error(f"--output {args.output} holds a finished run's model.keras; give another folder, or delete "
+                     "that one to train again")
     try:
         train = params_module.load(args.params, ["train"])["train"]
         fit_to_folder(train, args.output, args.pack, args.prepared)

@@ -199,6 +199,12 @@ def test_prepared_md5_comes_from_dvc_lock(tmp_path):
 
 def test_an_output_of_the_wrong_kind_is_refused_before_any_work(prepared, capsys):
     (prepared / "a_file").write_text("x")
+    (prepared / "done").mkdir()
+    (prepared / "done" / "model.keras").write_text("a finished run's model")
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(["--output", "done"])
+    assert exit_info.value.code == 2 and "--output done holds a finished run's model.keras" in capsys.readouterr().err
+    assert (prepared / "done" / "model.keras").read_text() == "a finished run's model"
     with pytest.raises(SystemExit) as exit_info:
         fit.main(["--output", "a_file"])
     assert exit_info.value.code == 2 and "--output a_file is a file; give a folder" in capsys.readouterr().err
