@@ -114,3 +114,27 @@ def test_a_failed_parity_check_removes_only_that_export(trained_project, tmp_pat
         stage.main()
     assert not (project / "models" / failed).exists() and (project / "models" / kept).exists()
     assert (project / "metrics/export.json").is_file()  # the measured figures are kept for inspection
+
+
+def test_int8_convolutions_do_not_overflow_on_cpus_without_vnni(tmp_path):
+    """ONNX Runtime's fastest uint8 x int8 kernels on x86 CPUs without VNNI (AVX2 only) add two products in
+    16 bits: 255 x 127 twice is 64,770, which became 32,767 there until OnnxModel asked for exact kernels. On
+    CPUs with VNNI, or other architectures, the sum is exact either way."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    constants = {"one": np.array(1.0, np.float32), "zero_u8": np.array(0, np.uint8),
+                 "zero_s8": np.array(0, np.int8), "step": np.array(300.0, np.float32),
+                 "weights": np.full((1, 2, 1, 1), 127, np.int8)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "one", "zero_u8"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "one", "zero_u8"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["weights", "one", "zero_s8"], ["wd"]),
+             helper.make_node("Conv", ["xd", "wd"], ["conv"]),
+             helper.make_node("QuantizeLinear", ["conv", "step", "zero_u8"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "step", "zero_u8"], ["y"])]
+    graph = helper.make_graph(nodes, "int8_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [numpy_helper.from_array(value, name) for name, value in constants.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "int8.onnx")
+    out = OnnxModel(tmp_path / "int8.onnx").predict(np.full((1, 2, 4, 4), 255.0, np.float32))
+    np.testing.assert_allclose(out, 64_800.0)  # 64,770 to the nearest output step of 300; overflowed: 32,700
