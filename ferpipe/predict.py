@@ -94,9 +94,9 @@ def parse_args(argv):
 def input_files(inputs, warn):
     """(file, name for annotated copies) for each input; folders are walked recursively in sorted order.
 
-    Each file comes once, however often and under whatever names (links) it is given; hidden files and folders are skipped. Names of
-    annotated copies start with the folder's own name (that of `..` is its real one), keep the folder
-    structure below it, and get a number when two inputs would share a name.
+    Each file comes once, however often and under whatever names (links) it is given; hidden files and
+    folders are skipped. Names of annotated copies start with the folder's own name (that of `..` is its
+    real one), keep the folder structure below it, and get a number when two inputs would share a name.
     """
     taken, seen = set(), set()
     for item in map(Path, inputs):
