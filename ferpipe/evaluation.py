@@ -40,6 +40,8 @@ assert set(TTA_VIEWS) == set(TTA_MODES)
 
 def crops_faces(model) -> bool | None:
     """Whether a Keras model centre-crops its input (trained with train.augment.crop); None if unknown (ONNX)."""
+    if not hasattr(model, "layers"):  # an OnnxModel: decided without loading TensorFlow
+        return None
     import keras
 
     from ferpipe.model import members_of

@@ -179,9 +179,12 @@ def _check_anneal_within_budget(train, errors):
                       f"time_budget_minutes {train['time_budget_minutes']!r}")
 
 
-def validate(params: dict, sections=None) -> dict:
-    """Check `params` against SCHEMA (every section, or only `sections`); raise ParamsError."""
+def validate(params: dict, sections=None, source="params.yaml") -> dict:
+    """Check `params` (read from `source`) against SCHEMA (every section, or only `sections`); raise ParamsError."""
     schema = SCHEMA if sections is None else {s: SCHEMA[s] for s in sections}
+    if not isinstance(params, dict):
+        raise ParamsError(f"invalid {source}: expected a mapping of sections ({', '.join(schema)}), "
+                          f"got {params!r}")
     errors: list[str] = []
     if sections is None:
         _validate(params, schema, "", errors)
@@ -198,7 +201,7 @@ def validate(params: dict, sections=None) -> dict:
     if not errors and "train" in schema and "evaluate" in schema:
         _check_ten_crop(params, errors)
     if errors:
-        raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(errors))
+        raise ParamsError(f"invalid {source}:\n  " + "\n  ".join(errors))
     return params
 
 
@@ -221,4 +224,4 @@ def load(path="params.yaml", sections=None) -> dict:
         params = yaml.load(path.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return validate(params, sections)
+    return validate(params, sections, source=path)

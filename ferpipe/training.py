@@ -44,22 +44,6 @@ def _cpu_has_bf16() -> bool:
     return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-# CPU features for which TensorFlow turns its oneDNN kernels on by itself (TF >= 2.9 on Linux)
-ONEDNN_CPU_FEATURES = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
-
-
-def onednn_hint() -> str:
-    """Where TensorFlow leaves its oneDNN kernels off (an x86 CPU without the features above, and
-    TF_ENABLE_ONEDNN_OPTS unset), a hint that turning them on may train faster; else ''."""
-    if keras.backend.backend() != "tensorflow" or "TF_ENABLE_ONEDNN_OPTS" in os.environ:
-        return ""
-    flags = _cpu_flags()
-    if not flags or flags & set(ONEDNN_CPU_FEATURES):
-        return ""
-    return ("; TensorFlow's oneDNN kernels are off on this CPU: with TF_ENABLE_ONEDNN_OPTS=1 set before the run, "
-            "compact trained 1.3-1.8x faster on a 2-core AVX2 machine (README, Benchmark)")
-
-
 def _has_gpu() -> bool:
     backend = keras.backend.backend()
     try:
@@ -163,16 +147,14 @@ def schedule_callbacks(train: dict) -> list[keras.callbacks.Callback]:
 
 def _budget_advice(train: dict) -> str:
     """What TimeBudget adds when the epochs will not fit: whether the LR schedule will have annealed, and
-    how to get more epochs from this CPU."""
+    what would let it."""
     if train["schedule"] == "plateau":
-        schedule = ""
-    elif train["anneal_within_budget"]:
-        schedule = "; the learning rate follows the budget (train.anneal_within_budget), so it anneals all the same"
-    else:
-        schedule = (f"; the {train['schedule']} schedule will not have annealed by then: set "
-                    f"train.anneal_within_budget: true, fewer train.epochs, a larger train.time_budget_minutes or a "
-                    f"faster train.model (`ferpipe bench`)")
-    return schedule + onednn_hint()
+        return ""
+    if train["anneal_within_budget"]:
+        return "; the learning rate follows the budget (train.anneal_within_budget), so it anneals all the same"
+    return (f"; the {train['schedule']} schedule will not have annealed by then: set "
+            f"train.anneal_within_budget: true, fewer train.epochs, a larger train.time_budget_minutes or a "
+            f"faster train.model (`ferpipe bench`)")
 
 
 def best_epoch(history: dict, select_by: str) -> int:

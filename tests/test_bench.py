@@ -134,14 +134,14 @@ def test_bench_refuses_to_skip_both_parts(capsys):
 
 @pytest.mark.parametrize("content, said", [
     (None, "nowhere.yaml: params file not found"),
-    ("train:\n  lr: -1\n", "invalid params.yaml"),
+    ("train:\n  lr: -1\n", "invalid {path}:\n"),
 ])
 def test_bench_reports_a_missing_or_bad_params_file_without_a_traceback(capsys, tmp_path, content, said):
     path = tmp_path / "nowhere.yaml"
     if content is not None:
         path.write_text(content)
     assert bench.main(["--params", str(path)]) == 2
-    assert said in capsys.readouterr().err
+    assert said.format(path=path) in capsys.readouterr().err
 
 
 def test_bench_refuses_an_unknown_model(capsys):

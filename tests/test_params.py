@@ -1,5 +1,6 @@
 """Every param is validated before work starts, with a message naming the key and what is allowed."""
 import copy
+import re
 import time
 from pathlib import Path
 
@@ -176,6 +177,16 @@ def test_load_reports_missing_file_and_bad_yaml(tmp_path):
     broken.write_text("train: [unclosed\n")
     with pytest.raises(params.ParamsError, match="not valid YAML"):
         params.load(broken)
+
+
+@pytest.mark.parametrize("text", ["5\n", "- train\n- evaluate\n", "just words\n"])
+@pytest.mark.parametrize("sections", [None, ["train"]])
+def test_load_reports_a_file_that_is_not_a_mapping_of_sections(tmp_path, text, sections):
+    """A params file of one number, a list or a sentence (a wrong --params) is named, not a TypeError."""
+    path = tmp_path / "other.yaml"
+    path.write_text(text)
+    with pytest.raises(params.ParamsError, match=f"invalid {re.escape(str(path))}: expected a mapping of sections"):
+        params.load(path, sections)
 
 
 def test_typo_fails_fast_through_a_stage(project):

@@ -169,6 +169,19 @@ def test_keras_and_onnx_models_give_the_same_answer(model_files, tmp_path, capsy
         assert answers[0]["probabilities"][name] == pytest.approx(answers[1]["probabilities"][name], abs=1e-4)
 
 
+@pytest.mark.parametrize("tta", ["flip", "ten_crop"])
+def test_an_onnx_model_predicts_without_loading_tensorflow(model_files, tmp_path, tta):
+    """ONNX Runtime alone serves an .onnx model: TensorFlow takes seconds and hundreds of MB to load."""
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), draw_face())
+    script = ("import sys; from ferpipe import predict; "
+              f"code = predict.main(['--model', {str(model_files[0])!r}, '--tta', {tta!r}, {str(photo)!r}]); "
+              "print('loaded:', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules), code, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "loaded: [] 0" in result.stderr, result.stderr[-2000:]
+    assert len(json_lines(result.stdout)) == 1
+
+
 def test_output_file_and_whole_image_mode(model_files, tmp_path, capsys):
     wall = tmp_path / "wall.png"
     cv2.imwrite(str(wall), no_face(100))
