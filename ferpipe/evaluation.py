@@ -39,9 +39,10 @@ assert set(TTA_VIEWS) == set(TTA_MODES)
 
 
 def crops_faces(model) -> bool | None:
-    """Whether a Keras model centre-crops its input (trained with train.augment.crop); None if unknown (ONNX)."""
-    if not hasattr(model, "layers"):  # an OnnxModel: decided without loading TensorFlow
-        return None
+    """Whether a model centre-crops its input (trained with train.augment.crop); None if unknown (an ONNX
+    file without ferpipe's metadata)."""
+    if not hasattr(model, "layers"):  # an OnnxModel: its metadata decides, without loading TensorFlow
+        return getattr(model, "crops_faces", None)
     import keras
 
     from ferpipe.model import members_of

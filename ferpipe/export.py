@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ferpipe.inference import CROPS_FACES_KEY
 from ferpipe.model import members_of
 
 INPUT_NAME = "pixels"
@@ -55,15 +56,39 @@ def _float32_copy(network: keras.Model, inputs, prefix: str):
 
 
 def export_onnx(model: keras.Model, path) -> keras.Model:
-    """Write `model` to `path` as ONNX (atomically); returns the float32 graph that was exported."""
+    """Write `model` to `path` as ONNX (atomically), noting in its metadata whether it crops its input;
+    returns the float32 graph that was exported."""
+    from ferpipe.evaluation import crops_faces
+
     graph = inference_graph(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.onnx")
     graph(np.zeros((1, *graph.input_shape[1:]), "float32"))  # Keras exports only models that were called
     graph.export(str(partial), format="onnx", verbose=False)
+    set_metadata(partial, {CROPS_FACES_KEY: str(bool(crops_faces(model))).lower()})
     os.replace(partial, path)
     return graph
+
+
+def set_metadata(path, entries: dict[str, str]) -> None:
+    """Add (or replace) these key-value entries of an ONNX file's metadata, in place."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [entry for entry in proto.metadata_props if entry.key not in entries]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def metadata(path) -> dict[str, str]:
+    """An ONNX file's metadata entries."""
+    import onnx
+
+    return {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def quantize_int8(onnx_path, int8_path, calibration: np.ndarray) -> None:
@@ -94,6 +119,7 @@ def quantize_int8(onnx_path, int8_path, calibration: np.ndarray) -> None:
             partial = Path(workdir) / "int8.onnx"
             quantize_static(str(prepared), str(partial), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            set_metadata(partial, metadata(onnx_path))  # the quantizer does not carry it over
             os.replace(partial, int8_path)
         finally:
             tempfile.tempdir = default_tempdir

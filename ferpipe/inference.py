@@ -12,13 +12,20 @@ import numpy as np
 from ferpipe import CLASS_NAMES, FerError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# ONNX metadata the export writes: "true" when the network centre-crops its input (train.augment.crop), so that
+# `--tta ten_crop` can refuse an ONNX model of a network trained on whole faces, as it does a Keras one.
+CROPS_FACES_KEY = "ferpipe.crops_faces"
 ONNX_FILE = Path("models/model.onnx")
 INT8_FILE = Path("models/model.int8.onnx")
 KERAS_FILE = Path("models/model.keras")
 
 
 class OnnxModel:
-    """An exported model under ONNX Runtime's CPU provider."""
+    """An exported model under ONNX Runtime's CPU provider.
+
+    `crops_faces`: whether the network centre-crops its input (trained with train.augment.crop), from the
+    metadata the export stage writes; None for a file without it (exported before that, or elsewhere).
+    """
 
     def __init__(self, path, threads: int | None = None):
         import onnxruntime
@@ -36,6 +43,8 @@ class OnnxModel:
             raise FerError(f"cannot load ONNX model {path}: {err}") from err
         self.input_name = self.session.get_inputs()[0].name
         self.path = Path(path)
+        noted = self.session.get_modelmeta().custom_metadata_map.get(CROPS_FACES_KEY)
+        self.crops_faces = {"true": True, "false": False}.get(noted)
 
     def predict(self, x, batch_size: int = 256, verbose=0) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)

@@ -179,7 +179,7 @@ def _check_anneal_within_budget(train, errors):
                       f"time_budget_minutes {train['time_budget_minutes']!r}")
 
 
-def validate(params: dict, sections=None, source="params.yaml") -> dict:
+def validate(params: object, sections=None, source="params.yaml") -> dict:
     """Check `params` (read from `source`) against SCHEMA (every section, or only `sections`); raise ParamsError."""
     schema = SCHEMA if sections is None else {s: SCHEMA[s] for s in sections}
     if not isinstance(params, dict):

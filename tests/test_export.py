@@ -7,17 +7,18 @@ import pytest
 
 from conftest import load_stage
 from ferpipe import FerError
-from ferpipe.export import export_onnx, inference_graph, parity
-from ferpipe.inference import OnnxModel, load_classifier
+from ferpipe.evaluation import check_tta
+from ferpipe.export import export_onnx, inference_graph, metadata, parity, quantize_int8, set_metadata
+from ferpipe.inference import CROPS_FACES_KEY, OnnxModel, load_classifier
 from ferpipe.model import build_model, ensemble
 
 AUGMENT = {"rotation": 20, "zoom": 0.2, "flip": True, "translate": 0.1, "erasing": 0.3, "crop": True, "fused": False}
 
 
-def tiny_model(policy, network="compact"):
+def tiny_model(policy, network="compact", crop=True):
     keras.mixed_precision.set_global_policy(policy)
     try:
-        return build_model({"model": network, "width": 4, "dropout": 0.1, "augment": AUGMENT})
+        return build_model({"model": network, "width": 4, "dropout": 0.1, "augment": AUGMENT | {"crop": crop}})
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -83,6 +84,35 @@ def test_onnx_model_takes_images_without_a_channel_axis(tmp_path):
     exported = OnnxModel(tmp_path / "m.onnx")
     np.testing.assert_array_equal(exported.predict(x[..., 0]), exported.predict(x))
     assert exported.predict(x[:0]).shape == (0, 7)
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_the_onnx_files_say_whether_the_network_crops_its_input(tmp_path, crop):
+    export_onnx(tiny_model("float32", crop=crop), tmp_path / "model.onnx")
+    quantize_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", faces(8)[..., 0].astype(np.uint8))
+    for name in ("model.onnx", "model.int8.onnx"):
+        exported = OnnxModel(tmp_path / name)
+        assert exported.crops_faces is crop
+        if crop:
+            check_tta(exported, "ten_crop", name)
+        else:
+            with pytest.raises(FerError, match=f"tta ten_crop needs a model trained with train.augment.crop: true, "
+                                               f"and {name} takes whole 48x48 faces"):
+                check_tta(exported, "ten_crop", name)
+
+
+def test_an_onnx_file_without_the_metadata_allows_every_tta_mode(tmp_path):
+    export_onnx(tiny_model("float32", crop=False), tmp_path / "model.onnx")
+    set_metadata(tmp_path / "model.onnx", {"other": "kept"})
+    assert metadata(tmp_path / "model.onnx")[CROPS_FACES_KEY] == "false"  # adding an entry keeps the others
+    import onnx
+
+    proto = onnx.load(tmp_path / "model.onnx")
+    del proto.metadata_props[:]
+    onnx.save(proto, tmp_path / "model.onnx")
+    exported = OnnxModel(tmp_path / "model.onnx")
+    assert exported.crops_faces is None
+    check_tta(exported, "ten_crop", "model.onnx")  # cannot tell, so not refused
 
 
 def test_load_classifier_refuses_a_corrupt_file(tmp_path):

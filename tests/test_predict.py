@@ -5,6 +5,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -35,18 +36,28 @@ def no_face(size=240):
     return np.tile(np.linspace(0, 255, size, dtype=np.uint8), (size, 1))
 
 
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory):
+def saved_model(folder, crop: bool) -> tuple[Path, Path]:
     """A tiny untrained network saved as .keras and exported to .onnx."""
     import keras
 
-    folder = tmp_path_factory.mktemp("model")
     keras.mixed_precision.set_global_policy("float32")
-    augment = {"rotation": 20, "zoom": 0.2, "flip": True, "translate": 0, "erasing": 0, "crop": False, "fused": False}
+    augment = {"rotation": 20, "zoom": 0.2, "flip": True, "translate": 0, "erasing": 0, "crop": crop, "fused": False}
     model = build_model({"model": "compact", "width": 4, "dropout": 0.1, "augment": augment})
     model.save(folder / "model.keras")
     export_onnx(model, folder / "model.onnx")
     return folder / "model.onnx", folder / "model.keras"
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """A network trained with crops, so that every TTA mode applies."""
+    return saved_model(tmp_path_factory.mktemp("model"), crop=True)
+
+
+@pytest.fixture(scope="module")
+def whole_face_model_files(tmp_path_factory):
+    """A network trained on whole faces (train.augment.crop: false)."""
+    return saved_model(tmp_path_factory.mktemp("whole_face_model"), crop=False)
 
 
 def run_predict(capsys, *args):
@@ -201,11 +212,15 @@ def test_a_missing_or_unknown_model_exits_2_with_a_message(tmp_path, capsys):
     assert code == 2 and "must end in .onnx or .keras" in err
 
 
-def test_ten_crop_with_a_keras_model_trained_without_crops_exits_2(model_files, tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["onnx", "keras"])
+def test_ten_crop_with_a_model_trained_without_crops_exits_2(whole_face_model_files, tmp_path, capsys, kind):
     crop = tmp_path / "crop.jpg"
     cv2.imwrite(str(crop), no_face(48))
-    code, out, err = run_predict(capsys, "--model", model_files[1], "--tta", "ten_crop", crop)
+    model = whole_face_model_files[0 if kind == "onnx" else 1]
+    code, out, err = run_predict(capsys, "--model", model, "--tta", "ten_crop", crop)
     assert code == 2 and out == "" and "ten_crop needs a model trained with train.augment.crop: true" in err
+    code, out, _ = run_predict(capsys, "--model", model, "--tta", "flip_zoom", crop)
+    assert code == 0 and len(json_lines(out)) == 1
 
 
 def test_without_a_model_file_anywhere_predict_says_how_to_get_one(tmp_path, capsys, monkeypatch):
