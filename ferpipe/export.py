@@ -119,7 +119,6 @@ def quantize_int8(onnx_path, int8_path, calibration: np.ndarray) -> None:
             partial = Path(workdir) / "int8.onnx"
             quantize_static(str(prepared), str(partial), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            set_metadata(partial, metadata(onnx_path))  # the quantizer does not carry it over
             os.replace(partial, int8_path)
         finally:
             tempfile.tempdir = default_tempdir
