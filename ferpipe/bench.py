@@ -245,4 +245,4 @@ def training_table(base: dict, args) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

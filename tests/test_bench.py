@@ -1,4 +1,7 @@
 """The throughput benchmark: a training row per model with ratios to `seed`, and an inference table."""
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -148,3 +151,10 @@ def test_bench_refuses_an_unknown_model(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--models", "resnet"])
     assert exit_info.value.code == 2 and "invalid choice: 'resnet'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["-m", "ferpipe", "bench"], ["-m", "ferpipe.bench"]])
+def test_a_params_error_exits_2_however_bench_is_started(tmp_path, command):
+    result = subprocess.run([sys.executable, *command, "--params", str(tmp_path / "missing.yaml")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "ferpipe bench: error:" in result.stderr and "missing.yaml" in result.stderr
