@@ -232,7 +232,7 @@ def training_targets(train: dict, images: np.ndarray, labels: np.ndarray) -> np.
     from ferpipe.evaluation import TTA_VIEWS, check_tta, predict_probabilities
 
     if not path.is_file():
-        raise FerError(f"train.distill.teacher: {path} not found; put the trained model there (see README, "
+        raise FerError(f"train.distill.teacher: {path} not found; put the trained model there (see docs/experiments.md, "
                        f"'Distillation') or set train.distill.teacher: none")
     try:
         teacher = load_model(path, compile=False)

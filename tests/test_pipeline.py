@@ -7,7 +7,7 @@ import keras
 import pytest
 import yaml
 
-from conftest import load_stage, run_stage, set_params, stage_env
+from conftest import REPO, load_stage, run_stage, set_params, stage_env
 from ferpipe import TTA_MODES, FerError
 from ferpipe.model import build_model, members_of
 
@@ -160,9 +160,11 @@ def test_train_distils_from_the_teacher_named_in_params(project, monkeypatch, ca
 def test_train_with_a_missing_teacher_fails_before_training_with_a_clear_message(project, monkeypatch, capsys):
     set_params(project, **{"train.distill.teacher": "teachers/absent.keras"})
     # a FerError: the stage's wrapper prints it as one line, without a traceback (test_params)
-    with pytest.raises(FerError, match="train.distill.teacher: teachers/absent.keras not found"):
+    with pytest.raises(FerError, match="train.distill.teacher: teachers/absent.keras not found") as raised:
         train_in_this_process(project, monkeypatch, capsys)
     assert "Epoch 1" not in capsys.readouterr().out and not (project / "models/model.keras").exists()
+    assert "(see docs/experiments.md, 'Distillation')" in str(raised.value)  # the section it names exists:
+    assert "\n## Distillation" in (REPO / "docs/experiments.md").read_text()
 
 
 @pytest.mark.parametrize("stage, missing, run_first", [("evaluate", "models/model.keras", "train"),
