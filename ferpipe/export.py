@@ -84,13 +84,6 @@ def set_metadata(path, entries: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
-def metadata(path) -> dict[str, str]:
-    """An ONNX file's metadata entries."""
-    import onnx
-
-    return {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
 def quantize_int8(onnx_path, int8_path, calibration: np.ndarray) -> None:
     """Static int8 quantization (QDQ, per-channel weights) of an ONNX model, calibrated on `calibration`.
 
