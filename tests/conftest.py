@@ -89,9 +89,10 @@ def make_project(dest: Path, fer_root: Path) -> Path:
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.keras"))
         else:
             shutil.copy(src, dest / name)
-    # width 8: the stages, not the network's size, are under test (sizes: test_model_and_training)
+    # width 8: the stages, not the network's size, are under test (sizes: test_model_and_training);
+    # no budget, so nothing may follow one (anneal_within_budget needs a budget, whatever the default)
     set_params(dest, **{"prepare.data_root": str(fer_root), "train.epochs": 1, "train.members": 1,
-                         "train.time_budget_minutes": 0, "train.width": 8})
+                         "train.time_budget_minutes": 0, "train.anneal_within_budget": False, "train.width": 8})
     return dest
 
 

@@ -16,7 +16,9 @@ def test_bench_prints_a_row_per_model_at_its_batch_size_with_ratios_to_seed_at_4
     monkeypatch.setitem(bench.DEFAULT_WIDTH, "seed", 8)
     monkeypatch.setattr(bench.Timed, "PREDICT_BATCH", 32)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train"]["width"] = 8  # compact, the model params.yaml names, is timed at train.width
+    # the model params.yaml names is timed at its train.width and train.batch_size; this test names compact
+    params["train"].update(model="compact", width=8, batch_size=64)
+    params["train"]["augment"]["crop"] = True
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     bench.main(["--models", "seed", "compact", "--batch-size", "compact=32", "--train-images", "32",
                 "--predict-images", "32", "--rounds", "2", "--precision", "float32", "--no-inference",
@@ -27,7 +29,7 @@ def test_bench_prints_a_row_per_model_at_its_batch_size_with_ratios_to_seed_at_4
     assert "| train vs seed | predict vs seed | train vs seed (48 px) | predict vs seed (48 px) |" in out
     rows = {line.split("|")[1].strip(): line.split("|") for line in out.splitlines()
             if line.startswith(("| seed", "| compact"))}
-    assert list(rows) == ["seed", "seed (48 px)", "compact"]  # params.yaml crops to 44 px
+    assert list(rows) == ["seed", "seed (48 px)", "compact"]  # crops to 44 px (set above)
     assert rows["seed"][7].strip() == "1.00x" and rows["seed (48 px)"][9].strip() == "1.00x"
     counts = {name: int(row[2].replace(",", "")) for name, row in rows.items()}
     assert counts["seed (48 px)"] > counts["seed"]  # whole faces: a larger dense layer
@@ -71,7 +73,8 @@ def test_bench_measures_keras_and_onnx_inference(capsys, tmp_path, monkeypatch):
     bench.main(["--no-training", "--predict-images", "64", "--latency-runs", "5", "--precision", "float32",
                 "--params", str(REPO / "params.yaml")])
     out = capsys.readouterr().out
-    assert "a fresh compact model" in out and "is missing" in out and "| runtime | faces/s (batched) | single face p50 ms |" in out
+    named = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["model"]
+    assert f"a fresh {named} model" in out and "is missing" in out and "| runtime | faces/s (batched) | single face p50 ms |" in out
     rows = [line.split("|") for line in out.splitlines() if line.startswith(("| Keras", "| ONNX Runtime"))]
     assert [row[1].split("(")[-1].strip() for row in rows] == ["float32)", "float32)", "int8)"]
     for row in rows:

@@ -164,8 +164,8 @@ def test_ten_crop_needs_a_model_trained_on_crops(good):
 
 def test_exponents_without_a_dot_are_numbers_as_dvc_reads_them(tmp_path):
     """YAML 1.1 (PyYAML) reads 5e-4 as a string, YAML 1.2 (DVC: -S, params diff) as a number."""
-    text = REPO_PARAMS.read_text().replace("  lr: 0.001\n", "  lr: 5e-4\n")
-    assert "  lr: 5e-4\n" in text
+    text, edits = re.subn(r"(?m)^  lr: .*$", "  lr: 5e-4", REPO_PARAMS.read_text(), count=1)
+    assert edits == 1
     (tmp_path / "params.yaml").write_text(text)
     assert params.load(tmp_path / "params.yaml")["train"]["lr"] == 0.0005
 
@@ -193,7 +193,8 @@ def test_typo_fails_fast_through_a_stage(project):
     """A stage given a typo'd param stops in well under the time of any real work, naming the key."""
     from conftest import run_stage
 
-    text = (project / "params.yaml").read_text().replace("lr: 0.001", "lrr: 0.001")
+    text, edits = re.subn(r"(?m)^  lr: ", "  lrr: ", (project / "params.yaml").read_text(), count=1)
+    assert edits == 1
     (project / "params.yaml").write_text(text)
     start = time.monotonic()
     result = run_stage(project, "prepare", check=False)

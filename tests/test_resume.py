@@ -94,7 +94,7 @@ def test_state_from_other_params_or_code_is_ignored_with_a_message(tmp_path, cap
         training.fit(train, (images, labels), tiny_data(14, 1), verbose=0, resume_dir=tmp_path / "resume",
                      extra_callbacks=[InterruptAfter(1)])
     if change == "params":
-        train["lr"] = 0.002
+        train["lr"] *= 2  # a change whatever params.yaml's lr
     else:
         code.write_text("version 2")
     _, history = training.fit(train, (images, labels), tiny_data(14, 1), verbose=0, resume_dir=tmp_path / "resume")
