@@ -22,6 +22,16 @@ class FerError(Exception):
     """An error caused by the user's input (params, data); printed without a traceback."""
 
 
+def require_face_classifier(input_shape, output_shape, model_name: str) -> None:
+    """Raise a FerError unless a model (Keras or ONNX) takes batches of 48x48x1 faces and outputs the 7
+    classes' probabilities: checked on loading, so that a foreign model fails before the first prediction."""
+    takes, gives = list(input_shape)[1:], list(output_shape)[1:]
+    if takes != [IMAGE_SIZE, IMAGE_SIZE, 1] or gives != [len(CLASS_NAMES)]:
+        raise FerError(f"{model_name} takes inputs of shape {list(input_shape)} and outputs {list(output_shape)}; "
+                       f"a model of this pipeline takes [batch, {IMAGE_SIZE}, {IMAGE_SIZE}, 1] faces and outputs "
+                       f"[batch, {len(CLASS_NAMES)}] class probabilities")
+
+
 def require_stage_output(path, stage: str) -> None:
     """Raise a FerError naming the stage to run when `path`, a file that `stage` writes, is missing."""
     from pathlib import Path

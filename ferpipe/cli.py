@@ -39,4 +39,6 @@ def output_folder_problem(path: Path | None, option: str) -> str | None:
         return None
     if path.exists() and not path.is_dir():
         return f"{option} {path} is a file; give a folder"
-    return None if path.is_dir() else _parent_problem(path, option, creates_folders=True)
+    if path.is_dir():
+        return None if os.access(path, os.W_OK | os.X_OK) else f"{option} {path}: folder {path} is not writable"
+    return _parent_problem(path, option, creates_folders=True)

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from ferpipe import TTA_MODES, FerError, params as params_module
+from ferpipe import TTA_MODES, FerError, params as params_module, require_face_classifier
 from ferpipe.cli import output_file_problem
 
 PREPARED_DIR = Path("data/prepared")
@@ -63,6 +63,7 @@ def evaluate_ensembles(model_files: list[Path], tta: str, batch_size: int) -> di
         except Exception as err:  # Keras raises ValueError (and zipfile/h5py errors) for a damaged or foreign file
             raise FerError(f"{path} cannot be loaded as a Keras model (damaged or incomplete?): {err}") from err
     for path, model in zip(model_files, models):  # refuse a model before any prediction
+        require_face_classifier(model.input_shape, model.output_shape, str(path))
         check_tta(model, tta, str(path))
     val_probs, test_probs = [], []
     for path, model in zip(model_files, models):

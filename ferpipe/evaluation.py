@@ -6,7 +6,8 @@ import numpy as np
 from ferpipe import CLASS_NAMES, CROP_MARGIN, IMAGE_SIZE, TTA_MODES, FerError
 from ferpipe.data import TEST_SUBSETS
 
-# flip_zoom's scales and flip_zoom_rotate's angles, chosen on the validation split (README, "Test-time augmentation").
+# flip_zoom's scales and flip_zoom_rotate's angles, chosen on the validation split
+# (docs/experiments.md, "Test-time augmentation").
 ZOOM_OUT, ZOOM_IN = 0.9, 1.1
 ROTATION = 10  # degrees
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from ferpipe import FerError, params as params_module
+from ferpipe.cli import output_folder_problem
 
 
 def epoch_logger(path: Path):
@@ -98,8 +99,9 @@ def main(argv=None):
                         help="train on the prepare stage's output (default data/prepared)")
     parser.add_argument("--params", default="params.yaml", help="the params file (its train section; default params.yaml)")
     args = parser.parse_args(argv)
-    if args.output.exists() and not args.output.is_dir():
-        parser.error(f"--output {args.output} is a file; give a folder (it gets model.keras, summary.json, epochs.jsonl)")
+    problem = output_folder_problem(args.output, "--output")
+    if problem:
+        parser.error(f"{problem} (it gets model.keras, summary.json, epochs.jsonl)")
     if (args.output / "model.keras").exists() and not (args.output / "resume").exists():
         parser.error(f"--output {args.output} holds a finished run's model.keras; give another folder, or delete "
                      "that one to train again")

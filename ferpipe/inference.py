@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ferpipe import CLASS_NAMES, FerError
+from ferpipe import CLASS_NAMES, FerError, require_face_classifier
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # ONNX metadata the export writes: "true" when the network centre-crops its input (train.augment.crop), so that
@@ -75,7 +75,10 @@ def load_classifier(path=None):
     if path.suffix == ".onnx":
         import onnxruntime
 
-        return OnnxModel(path), f"{path} (ONNX Runtime {onnxruntime.__version__})"
+        model = OnnxModel(path)
+        model_input, model_output = model.session.get_inputs()[0], model.session.get_outputs()[0]
+        require_face_classifier(model_input.shape, model_output.shape, f"ONNX model {path}")
+        return model, f"{path} (ONNX Runtime {onnxruntime.__version__})"
     if path.suffix == ".keras":
         import keras
 
@@ -85,5 +88,6 @@ def load_classifier(path=None):
             model = load_model(path)
         except Exception as err:
             raise FerError(f"cannot load Keras model {path}: {err}") from err
+        require_face_classifier(model.input_shape, model.output_shape, f"Keras model {path}")
         return model, f"{path} (Keras {keras.__version__}, {keras.backend.backend()} backend)"
     raise FerError(f"model file {path} must end in .onnx or .keras")

@@ -82,7 +82,10 @@ class Pack:
         if not path.is_file():
             raise FerError(f"pack {path} not found: make it with `ferpipe pack` where the data are")
         try:
-            with np.load(path, allow_pickle=False) as stored:
+            stored = np.load(path, allow_pickle=False)
+            if not isinstance(stored, np.lib.npyio.NpzFile):  # a lone array from an .npy file
+                raise ValueError(f"it holds one array of shape {stored.shape}")
+            with stored:
                 fields = {name: stored[name] for name in FIELDS}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
             raise FerError(f"{path} is not a pack made by `ferpipe pack`, or a damaged one ({err})") from None

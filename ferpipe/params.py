@@ -14,13 +14,13 @@ class ParamsError(FerError):
     pass
 
 
-def _number(lo=None, hi=None, lo_open=False, integer=False):
+def _number(lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
     kind = "an integer" if integer else "a number"
     bounds = []
     if lo is not None:
         bounds.append(f"{'>' if lo_open else '>='} {lo}")
     if hi is not None:
-        bounds.append(f"<= {hi}")
+        bounds.append(f"{'<' if hi_open else '<='} {hi}")
     allowed = kind + (" " + " and ".join(bounds) if bounds else "")
 
     def check(value):
@@ -32,7 +32,7 @@ def _number(lo=None, hi=None, lo_open=False, integer=False):
             return allowed
         if lo is not None and (value <= lo if lo_open else value < lo):
             return allowed
-        if hi is not None and value > hi:
+        if hi is not None and (value >= hi if hi_open else value > hi):
             return allowed
         return None
 
@@ -93,7 +93,7 @@ SCHEMA = {
         "optimizer": _choice("adam", "sgd"),
         "weight_decay": _number(0, 0.1),
         "schedule": _choice("plateau", "cosine", "onecycle"),
-        "plateau_factor": _number(0, 1, lo_open=True),
+        "plateau_factor": _number(0, 1, lo_open=True, hi_open=True),  # ReduceLROnPlateau refuses a factor >= 1
         "plateau_patience": _number(0, 100, integer=True),
         "early_stopping_patience": _number(0, 1000, integer=True),
         "select_by": _choice("val_loss", "val_accuracy"),
@@ -221,7 +221,11 @@ def load(path="params.yaml", sections=None) -> dict:
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the project root)")
     try:
-        params = yaml.load(path.read_text(), Loader=_Loader) or {}
+        params = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    except UnicodeDecodeError:
+        raise ParamsError(f"{path}: not a text file in UTF-8 (is it the params file?)") from None
+    except OSError as err:
+        raise ParamsError(f"{path}: cannot be read: {err.strerror}") from None
     return validate(params, sections, source=path)

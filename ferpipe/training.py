@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ferpipe import CLASS_NAMES, IMAGE_SIZE, FerError
+from ferpipe import CLASS_NAMES, IMAGE_SIZE, FerError, require_face_classifier
 from ferpipe.model import build_model, ensemble, load_model
 
 
@@ -55,19 +55,29 @@ def _has_gpu() -> bool:
             import torch
 
             return torch.cuda.is_available()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return bool(tf.config.list_physical_devices("GPU"))
     except Exception:  # an unusable accelerator is the same as none
         return False
     return False
 
 
 def accelerator_name() -> str | None:
-    """The GPU that the JAX or torch backend computes on (e.g. 'NVIDIA H200'), or None on a CPU."""
+    """The GPU that the backend computes on (e.g. 'NVIDIA H200'), or None on a CPU."""
     if not _has_gpu():
         return None
-    if keras.backend.backend() == "jax":
+    backend = keras.backend.backend()
+    if backend == "jax":
         import jax
 
         return jax.devices()[0].device_kind
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpu = tf.config.list_physical_devices("GPU")[0]
+        return tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
     import torch
 
     return torch.cuda.get_device_name(0)
@@ -239,9 +249,7 @@ def training_targets(train: dict, images: np.ndarray, labels: np.ndarray) -> np.
     except Exception as err:
         raise FerError(f"train.distill.teacher: {path} is not a readable Keras model ({type(err).__name__}: {err})") \
             from None
-    if tuple(teacher.output_shape) != (None, len(CLASS_NAMES)):
-        raise FerError(f"train.distill.teacher: {path} outputs {teacher.output_shape}, not probabilities of the "
-                       f"{len(CLASS_NAMES)} classes; use a model trained by this pipeline")
+    require_face_classifier(teacher.input_shape, teacher.output_shape, f"train.distill.teacher: {path}")
     try:
         check_tta(teacher, distill["tta"], f"the teacher {path}")
     except FerError as err:

@@ -103,6 +103,19 @@ def test_a_damaged_model_file_is_named_without_a_traceback(prepared_with_models,
     assert "truncated.keras cannot be loaded as a Keras model (damaged or incomplete?)" in capsys.readouterr().err
 
 
+def test_a_model_from_outside_the_pipeline_is_refused_before_any_prediction(prepared_with_models, capsys):
+    import keras
+
+    project, files = prepared_with_models
+    inputs = keras.Input((48, 48, 1))
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))).save(
+        project / "three_classes.keras")
+    assert ensemble.main([str(files[0]), "three_classes.keras"]) == 2
+    out, err = capsys.readouterr()
+    assert "three_classes.keras takes inputs of shape [None, 48, 48, 1] and outputs [None, 3]" in err
+    assert "predicting with" not in out
+
+
 def test_a_single_model_is_scored_alone(prepared_with_models, capsys):
     project, files = prepared_with_models
     # given twice, scored once: one row, and it is the one chosen

@@ -1,4 +1,5 @@
 """ferpipe pack and ferpipe fit: training away from DVC (a lent GPU machine) on the prepared images."""
+import io
 import json
 import subprocess
 import sys
@@ -130,6 +131,12 @@ def swap_first_two(offsets):  # where the first image ends comes after where the
     return offsets[[0, 2, 1, *range(3, len(offsets))]]
 
 
+def npy_bytes(array):  # an .npy file's content, say data/prepared/images.npy given as the pack
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
 def truncate(path):  # a copy broken off half way
     changed_pack(path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -138,6 +145,8 @@ def truncate(path):  # a copy broken off half way
 @pytest.mark.parametrize("damage, message", [
     (lambda path: None, "not found: make it with `ferpipe pack`"),
     (lambda path: path.write_bytes(b"not a pack"), "is not a pack made by `ferpipe pack`, or a damaged one"),
+    (lambda path: path.write_bytes(npy_bytes(np.zeros((2, 48, 48), np.uint8))),
+     "is not a pack made by `ferpipe pack`, or a damaged one (it holds one array of shape (2, 48, 48))"),
     (truncate, "is not a pack made by `ferpipe pack`, or a damaged one"),
     (lambda path: changed_pack(path, format=lambda _: np.array("old-format")), "is a pack of format old-format"),
     (lambda path: changed_pack(path, labels=lambda labels: labels[:-1]),
@@ -149,7 +158,7 @@ def truncate(path):  # a copy broken off half way
     (lambda path: changed_pack(path, offsets=lambda offsets: swap_first_two(offsets).astype(np.uint64)),
      "is damaged: its image offsets do not cut"),
     (lambda path: changed_pack(path, offsets=lambda offsets: offsets + 1), "is damaged: its image offsets do not cut"),
-], ids=["missing", "foreign", "truncated", "old format", "counts", "float offsets", "labels out of range",
+], ids=["missing", "foreign", "an array", "truncated", "old format", "counts", "float offsets", "labels out of range",
         "offsets out of order", "unsigned offsets out of order", "offsets shifted"])
 def test_a_missing_foreign_or_damaged_pack_is_refused(prepared, tmp_path, capsys, damage, message):
     path = tmp_path / "pack.npz"
@@ -209,6 +218,9 @@ def test_an_output_of_the_wrong_kind_is_refused_before_any_work(prepared, capsys
         fit.main(["--output", "a_file"])
     assert exit_info.value.code == 2 and "--output a_file is a file; give a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
+        fit.main(["--output", "a_file/run"])
+    assert exit_info.value.code == 2 and "--output a_file/run: a_file is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
         pack.main(["--output", "data"])
     assert exit_info.value.code == 2 and "--output data is a folder; give the pack's file name" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
@@ -216,3 +228,14 @@ def test_an_output_of_the_wrong_kind_is_refused_before_any_work(prepared, capsys
     assert exit_info.value.code == 2 and "--output a_file/packs/fer.npz: a_file is a file, not a folder" in \
         capsys.readouterr().err
     assert not list(prepared.glob("*.partial.npz"))
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(prepared, capsys, monkeypatch):
+    import os
+
+    (prepared / "locked").mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: os.path.basename(path) != "locked")  # tests run as root
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(["--output", "locked"])
+    assert exit_info.value.code == 2 and "--output locked: folder locked is not writable" in capsys.readouterr().err
+    assert not list((prepared / "locked").iterdir())

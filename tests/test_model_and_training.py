@@ -323,6 +323,20 @@ def test_precision_auto_resolves_to_a_concrete_policy():
     assert training.resolve_precision("float32") == "float32"
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's device list")
+def test_precision_auto_takes_bfloat16_on_a_gpu_seen_by_tensorflow(monkeypatch):
+    import tensorflow as tf
+
+    assert training.accelerator_name() is None  # the CPU machines that run these tests
+    assert training.resolve_precision("auto") == ("bfloat16" if training._cpu_has_bf16() else "float32")
+    gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [gpu] if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda device: {"device_name": "NVIDIA H200"})
+    monkeypatch.setattr(training, "_cpu_has_bf16", lambda: False)
+    assert training.resolve_precision("auto") == "bfloat16"
+    assert training.accelerator_name() == "NVIDIA H200"
+
+
 def test_saved_model_keeps_the_weights_but_not_the_optimizer_state(tmp_path):
     images, labels = tiny_data()
     train = recipe(width=8, epochs=1, batch_size=16)
@@ -476,7 +490,9 @@ def test_every_member_trains_on_the_distilled_targets_weighted_by_label(tmp_path
     ("missing", "teacher.keras not found"),
     ("garbage", "is not a readable Keras model"),
     ("ten_crop_without_crops", "train.distill.tta: tta ten_crop needs a model trained with train.augment.crop: true"),
-    ("three_classes", r"outputs \(None, 3\), not probabilities of the 7 classes"),
+    ("three_classes", r"outputs \[None, 3\]; a model of this pipeline takes \[batch, 48, 48, 1\] faces and outputs "
+                      r"\[batch, 7\]"),
+    ("colour_faces", r"takes inputs of shape \[None, 64, 64, 3\]"),
 ])
 def test_a_bad_teacher_is_refused_with_a_clear_message(tmp_path, problem, expected):
     from ferpipe import FerError
@@ -490,6 +506,9 @@ def test_a_bad_teacher_is_refused_with_a_clear_message(tmp_path, problem, expect
     elif problem == "three_classes":
         inputs = keras.Input((48, 48, 1))
         keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))).save(path)
+    elif problem == "colour_faces":
+        inputs = keras.Input((64, 64, 3))
+        keras.Model(inputs, keras.layers.Dense(7, activation="softmax")(keras.layers.Flatten()(inputs))).save(path)
     images, labels = tiny_data()
     with pytest.raises(FerError, match=expected):
         training.training_targets(recipe(distill={"teacher": str(path), "weight": 0.5, "tta": tta}), images, labels)

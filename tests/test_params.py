@@ -56,6 +56,8 @@ def with_value(good, dotted, value):
         ("train.members", 0, "train.members: got 0, expected an integer >= 1 and <= 20"),
         ("train.members", 1.5, "train.members"),
         ("train.time_budget_minutes", -5, "train.time_budget_minutes"),
+        ("train.plateau_factor", 1, "train.plateau_factor: got 1, expected a number > 0 and < 1"),
+        ("train.plateau_factor", 0, "train.plateau_factor"),
         ("train.anneal_within_budget", "yes", "train.anneal_within_budget: got 'yes', expected true or false"),
         ("train.augment.flip", "yes", "train.augment.flip: got 'yes', expected true or false"),
         ("train.augment.rotation", 400, "train.augment.rotation"),
@@ -177,6 +179,23 @@ def test_load_reports_missing_file_and_bad_yaml(tmp_path):
     broken.write_text("train: [unclosed\n")
     with pytest.raises(params.ParamsError, match="not valid YAML"):
         params.load(broken)
+
+
+def test_load_reports_a_file_that_is_not_utf8_text(tmp_path):
+    for name, data in [("utf16.yaml", "train:\n  lr: 0.001\n".encode("utf-16")), ("pack.npz", b"PK\x03\x04\xff\xfe\x00")]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(params.ParamsError, match=f"{name}: not a text file in UTF-8"):
+            params.load(tmp_path / name)
+
+
+def test_a_plateau_factor_just_under_1_is_accepted_and_keras_takes_it(good):
+    import keras
+
+    good["train"]["plateau_factor"] = 0.99
+    params.validate(good)
+    keras.callbacks.ReduceLROnPlateau(factor=good["train"]["plateau_factor"])
+    with pytest.raises(ValueError):  # what the bound guards against
+        keras.callbacks.ReduceLROnPlateau(factor=1.0)
 
 
 @pytest.mark.parametrize("text", ["5\n", "- train\n- evaluate\n", "just words\n"])

@@ -239,6 +239,24 @@ def test_a_corrupt_model_file_exits_2(tmp_path, capsys):
     assert code == 2 and "cannot load ONNX model" in err
 
 
+@pytest.mark.parametrize("kind", ["onnx", "keras"])
+def test_a_model_from_outside_the_pipeline_exits_2_before_any_prediction(tmp_path, capsys, kind):
+    import keras
+
+    inputs = keras.Input((64, 64, 3))  # say, a colour classifier of 10 classes
+    foreign = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs)))
+    path = tmp_path / f"foreign.{kind}"
+    if kind == "keras":
+        foreign.save(path)
+    else:
+        export_onnx(foreign, path)
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), draw_face())
+    code, out, err = run_predict(capsys, "--model", path, photo)
+    assert code == 2 and out == ""
+    assert f"{path} takes inputs of shape" in err and "64, 64, 3]" in err and "[batch, 48, 48, 1] faces" in err
+
+
 @pytest.mark.parametrize("args", [["--every", "0", "x.jpg"], ["--margin", "2", "x.jpg"], []])
 def test_bad_arguments_exit_2(args):
     with pytest.raises(SystemExit) as exit_info:
