@@ -99,6 +99,7 @@ SCHEMA = {
         "select_by": _choice("val_loss", "val_accuracy"),
         "time_budget_minutes": _number(0),
         "anneal_within_budget": _boolean,
+        "ema": _number(0, 1, hi_open=True),
         "label_smoothing": _number(0, 0.5),
         "class_weight": _choice("none", "balanced"),
         "precision": _choice("auto", "float32", "bfloat16"),

@@ -118,10 +118,13 @@ def enable_determinism() -> None:
 
 
 def make_optimizer(train: dict) -> keras.optimizers.Optimizer:
+    """Adam or SGD; with train.ema, it also keeps a moving average of the weights (see AveragedEarlyStopping)."""
     lr, wd = train["lr"], train["weight_decay"] or None
+    # ema_overwrite_frequency None: the average never replaces the weights being trained
+    averaging = {"use_ema": True, "ema_momentum": train["ema"], "ema_overwrite_frequency": None} if train["ema"] else {}
     if train["optimizer"] == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=wd)
-    return keras.optimizers.Adam(lr, weight_decay=wd)
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=wd, **averaging)
+    return keras.optimizers.Adam(lr, weight_decay=wd, **averaging)
 
 
 def lr_at_epoch(train: dict, epoch: int, budget_used: float = 0.0) -> float:
@@ -138,8 +141,9 @@ def lr_at_epoch(train: dict, epoch: int, budget_used: float = 0.0) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup)))
 
 
-def schedule_callbacks(train: dict) -> list[keras.callbacks.Callback]:
-    """LR schedule, then early stopping on train.select_by (best weights restored)."""
+def schedule_callbacks(train: dict, validation=None) -> tuple:
+    """(LR schedule, early stopping on train.select_by with the best weights restored, time budget). With
+    train.ema, early stopping scores the averaged weights on `validation` (model inputs, one-hot targets)."""
     budget = TimeBudget(train["time_budget_minutes"], _budget_advice(train))
     if train["schedule"] == "plateau":
         schedule = keras.callbacks.ReduceLROnPlateau(
@@ -149,10 +153,42 @@ def schedule_callbacks(train: dict) -> list[keras.callbacks.Callback]:
         follow = train["anneal_within_budget"]
         schedule = keras.callbacks.LearningRateScheduler(
             lambda epoch, lr: lr_at_epoch(train, epoch, budget.share_used() if follow else 0.0))
-    stop = keras.callbacks.EarlyStopping(
-        monitor=train["select_by"], patience=train["early_stopping_patience"], restore_best_weights=True, verbose=1
-    )
-    return [schedule, stop, budget]
+    stopping = {"monitor": train["select_by"], "patience": train["early_stopping_patience"],
+                "restore_best_weights": True, "verbose": 1}
+    if train["ema"]:
+        if validation is None:
+            raise ValueError("train.ema needs the validation data")
+        stop = AveragedEarlyStopping(validation, train["batch_size"], **stopping)
+    else:
+        stop = keras.callbacks.EarlyStopping(**stopping)
+    return schedule, stop, budget
+
+
+class AveragedEarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping on the optimizer's moving average of the weights (train.ema).
+
+    After each epoch it puts the average in place of the trained weights, scores it on `validation`
+    (val_loss, val_accuracy; Keras' own scores of the trained weights are kept as raw_val_loss and
+    raw_val_accuracy), decides and keeps the best weights as early stopping does, then puts the trained
+    weights back for the next epoch. Place it before the callbacks that read val_loss or val_accuracy:
+    the LR schedule, the logs and the kept epoch then all follow the average.
+    """
+
+    def __init__(self, validation, batch_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.validation, self.batch_size = validation, batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        trained = [variable.numpy() for variable in self.model.trainable_variables]
+        for name in ("val_loss", "val_accuracy"):
+            logs[f"raw_{name}"] = logs[name]
+        self.model.optimizer.finalize_variable_values(self.model.trainable_variables)  # the average in place
+        x, y = self.validation
+        scores = self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)
+        logs.update(val_loss=float(scores["loss"]), val_accuracy=float(scores["accuracy"]))
+        super().on_epoch_end(epoch, logs)
+        for variable, value in zip(self.model.trainable_variables, trained):
+            variable.assign(value)
 
 
 def _budget_advice(train: dict) -> str:
@@ -452,10 +488,12 @@ def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, res
     keras.utils.set_random_seed(train["seed"])
     set_precision(train["precision"])
     (x_train, y_train), (x_val, y_val) = train_data, val_data
-    callbacks = schedule_callbacks(train)
+    validation = (as_model_input(x_val), one_hot(y_val))
+    schedule, stop, budget = schedule_callbacks(train, validation)
+    callbacks = [stop, schedule, budget]  # early stopping first: with train.ema it rewrites the epoch's val scores
     checkpoint = None
     if resume_dir is not None:
-        checkpoint = Checkpoint(resume_dir, fingerprint(train, x_train, y_train, x_val, y_val), *callbacks)
+        checkpoint = Checkpoint(resume_dir, fingerprint(train, x_train, y_train, x_val, y_val), schedule, stop, budget)
         callbacks.append(checkpoint)
     resuming = checkpoint is not None and checkpoint.state is not None
     model = checkpoint.resumed_model() if resuming else compile_model(train)
@@ -478,7 +516,7 @@ def fit(train: dict, train_data, val_data, extra_callbacks=(), verbose=None, res
         history = model.fit(
             as_model_input(x_train),
             one_hot(y_train) if targets is None else targets,
-            validation_data=(as_model_input(x_val), one_hot(y_val)),
+            validation_data=validation,
             epochs=train["epochs"],
             initial_epoch=checkpoint.epochs_done if checkpoint else 0,
             batch_size=train["batch_size"],

@@ -1,5 +1,6 @@
 """Model building and the training recipe (schedules, class weights, time budget) on tiny data."""
 import copy
+import json
 import os
 import platform
 import subprocess
@@ -169,6 +170,10 @@ def test_optimizers():
     assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov and sgd.momentum == 0.9
     assert sgd.weight_decay == 0.0005
     assert isinstance(training.make_optimizer(recipe(optimizer="adam")), keras.optimizers.Adam)
+    assert not training.make_optimizer(recipe(ema=0.0)).use_ema
+    for name in ("adam", "sgd"):
+        averaging = training.make_optimizer(recipe(optimizer=name, ema=0.999))
+        assert averaging.use_ema and averaging.ema_momentum == 0.999 and averaging.ema_overwrite_frequency is None
 
 
 def tiny_data(n=56, seed=0):
@@ -521,3 +526,57 @@ def test_an_interrupted_run_is_not_resumed_with_another_teacher(tmp_path):
     assert training.fingerprint(train) == before
     saved_teacher(teacher, crop=False)  # same path, another model
     assert training.fingerprint(train) != before
+
+
+class TrainedWeights(keras.callbacks.Callback):
+    """The weights being trained, after each epoch (callbacks placed after early stopping see those)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append([w.copy() for w in self.model.get_weights()])
+
+
+def test_weight_averaging_scores_and_keeps_the_average_without_changing_the_training():
+    images, labels = tiny_data()
+    val = tiny_data(28, 1)
+    train = recipe(width=8, epochs=4, batch_size=8, lr=0.01, early_stopping_patience=10, deterministic=True)
+    plain_model, plain = training.fit(train, (images, labels), val, verbose=0)
+    trained = TrainedWeights()
+    averaged_model, averaged = training.fit(dict(train, ema=0.9), (images, labels), val, verbose=0,
+                                            extra_callbacks=[trained])
+    # the weights being trained follow the same path: Keras' scores of them are the plain run's
+    np.testing.assert_allclose(averaged.history["raw_val_loss"], plain.history["val_loss"], rtol=1e-6)
+    assert averaged.history["raw_val_accuracy"] == plain.history["val_accuracy"]
+    # ... while val_loss and val_accuracy score the average, and the kept model is the best epoch's average
+    assert averaged.history["val_loss"] != averaged.history["raw_val_loss"]
+    best = training.best_epoch(averaged.history, train["select_by"])
+    scores = averaged_model.evaluate(training.as_model_input(val[0]), training.one_hot(val[1]), verbose=0,
+                                     return_dict=True)
+    assert scores["loss"] == pytest.approx(averaged.history["val_loss"][best], rel=1e-5)
+    assert scores["accuracy"] == averaged.history["val_accuracy"][best]
+    assert any(not np.array_equal(kept, raw) for kept, raw in zip(averaged_model.get_weights(), trained.weights[best]))
+
+
+def test_weight_averaging_carries_over_an_interruption(tmp_path):
+    class InterruptAfter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    images, labels = tiny_data()
+    val = tiny_data(28, 1)
+    train = recipe(width=8, epochs=4, batch_size=8, lr=0.01, early_stopping_patience=10, ema=0.9)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(train, (images, labels), val, verbose=0, resume_dir=tmp_path, extra_callbacks=[InterruptAfter()])
+    state = json.loads((tmp_path / "state.json").read_text())
+    # the checkpoint holds the average (in the optimizer's state), not only the weights being trained
+    saved = training.load_model(tmp_path / state["model_file"])
+    saved.optimizer.finalize_variable_values(saved.trainable_variables)
+    scores = saved.evaluate(training.as_model_input(val[0]), training.one_hot(val[1]), verbose=0, return_dict=True)
+    assert scores["loss"] == pytest.approx(state["logs"]["val_loss"][1], rel=1e-5)
+    assert scores["loss"] != pytest.approx(state["logs"]["raw_val_loss"][1], rel=1e-5)
+    _, resumed = training.fit(train, (images, labels), val, verbose=0, resume_dir=tmp_path)
+    assert resumed.resumed_after == 2 and len(resumed.history["raw_val_accuracy"]) == 4
