@@ -168,8 +168,8 @@ class AveragedEarlyStopping(keras.callbacks.EarlyStopping):
     """Early stopping on the optimizer's moving average of the weights (train.ema).
 
     After each epoch it puts the average in place of the trained weights, scores it on `validation`
-    (val_loss, val_accuracy; Keras' own scores of the trained weights are kept as raw_val_loss and
-    raw_val_accuracy), decides and keeps the best weights as early stopping does, then puts the trained
+    (val_loss, val_accuracy; Keras' own scores of the trained weights are kept as val_raw_loss and
+    val_raw_accuracy), decides and keeps the best weights as early stopping does, then puts the trained
     weights back for the next epoch. Place it before the callbacks that read val_loss or val_accuracy:
     the LR schedule, the logs and the kept epoch then all follow the average.
     """
@@ -180,8 +180,8 @@ class AveragedEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_epoch_end(self, epoch, logs=None):
         trained = [variable.numpy() for variable in self.model.trainable_variables]
-        for name in ("val_loss", "val_accuracy"):
-            logs[f"raw_{name}"] = logs[name]
+        for metric in ("loss", "accuracy"):
+            logs[f"val_raw_{metric}"] = logs[f"val_{metric}"]
         self.model.optimizer.finalize_variable_values(self.model.trainable_variables)  # the average in place
         x, y = self.validation
         scores = self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)

@@ -29,6 +29,10 @@ def read_history() -> pd.DataFrame:
         path = HISTORY_DIR / split / f"{metric}.tsv"
         require_stage_output(path, "train")
         columns[f"{split}_{metric}"] = pd.read_csv(path, sep="\t").set_index("step")[metric]
+    for metric in ("accuracy", "loss"):  # the trained weights' scores, logged only with train.ema
+        path = HISTORY_DIR / "eval" / f"raw_{metric}.tsv"
+        if path.is_file():
+            columns[f"eval_raw_{metric}"] = pd.read_csv(path, sep="\t").set_index("step")[f"raw_{metric}"]
     history = pd.DataFrame(columns)
     history.index = history.index + 1  # epochs count from 1
     return history
@@ -64,7 +68,12 @@ def plot_curves(history: pd.DataFrame, kept: list[int], path: Path):
     axes[2].set_xlabel("epoch")
     for ax, metric in zip(axes, ("accuracy", "loss")):
         ax.plot(history.index, history[f"train_{metric}"], label=f"train {metric}")
-        ax.plot(history.index, history[f"eval_{metric}"], label=f"val {metric}")
+        if f"eval_raw_{metric}" in history:
+            ax.plot(history.index, history[f"eval_{metric}"], label=f"val {metric} (weights' average)")
+            ax.plot(history.index, history[f"eval_raw_{metric}"], label=f"val {metric} (trained weights)",
+                    linestyle="--", alpha=0.7)
+        else:
+            ax.plot(history.index, history[f"eval_{metric}"], label=f"val {metric}")
         for i, epoch in enumerate(drops):
             ax.axvline(epoch, color="grey", linestyle=":", label="LR reduced" if i == 0 else None)
         ax.set_xlabel("epoch")

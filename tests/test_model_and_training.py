@@ -548,10 +548,10 @@ def test_weight_averaging_scores_and_keeps_the_average_without_changing_the_trai
     averaged_model, averaged = training.fit(dict(train, ema=0.9), (images, labels), val, verbose=0,
                                             extra_callbacks=[trained])
     # the weights being trained follow the same path: Keras' scores of them are the plain run's
-    np.testing.assert_allclose(averaged.history["raw_val_loss"], plain.history["val_loss"], rtol=1e-6)
-    assert averaged.history["raw_val_accuracy"] == plain.history["val_accuracy"]
+    np.testing.assert_allclose(averaged.history["val_raw_loss"], plain.history["val_loss"], rtol=1e-6)
+    assert averaged.history["val_raw_accuracy"] == plain.history["val_accuracy"]
     # ... while val_loss and val_accuracy score the average, and the kept model is the best epoch's average
-    assert averaged.history["val_loss"] != averaged.history["raw_val_loss"]
+    assert averaged.history["val_loss"] != averaged.history["val_raw_loss"]
     best = training.best_epoch(averaged.history, train["select_by"])
     scores = averaged_model.evaluate(training.as_model_input(val[0]), training.one_hot(val[1]), verbose=0,
                                      return_dict=True)
@@ -577,6 +577,6 @@ def test_weight_averaging_carries_over_an_interruption(tmp_path):
     saved.optimizer.finalize_variable_values(saved.trainable_variables)
     scores = saved.evaluate(training.as_model_input(val[0]), training.one_hot(val[1]), verbose=0, return_dict=True)
     assert scores["loss"] == pytest.approx(state["logs"]["val_loss"][1], rel=1e-5)
-    assert scores["loss"] != pytest.approx(state["logs"]["raw_val_loss"][1], rel=1e-5)
+    assert scores["loss"] != pytest.approx(state["logs"]["val_raw_loss"][1], rel=1e-5)
     _, resumed = training.fit(train, (images, labels), val, verbose=0, resume_dir=tmp_path)
-    assert resumed.resumed_after == 2 and len(resumed.history["raw_val_accuracy"]) == 4
+    assert resumed.resumed_after == 2 and len(resumed.history["val_raw_accuracy"]) == 4

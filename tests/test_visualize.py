@@ -90,3 +90,30 @@ def test_the_curves_show_the_learning_rate(visualize, tmp_path, monkeypatch):
     visualize.plot_curves(with_lr(history([1.0] * 6, [0.5] * 6), plateau), [3], tmp_path / "curves.png")
     assert plateau in drawn
     assert lines == [4, 4]  # the step, on the accuracy and loss panels
+
+
+@pytest.mark.parametrize("averaged", [False, True])
+def test_the_curves_show_the_trained_weights_beside_their_average(visualize, tmp_path, monkeypatch, averaged):
+    from dvclive import Live
+    from dvclive.keras import DVCLiveCallback
+
+    logs = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.55, "learning_rate": 1e-3}
+    if averaged:  # what the train stage logs with train.ema
+        logs.update(val_raw_loss=1.2, val_raw_accuracy=0.52)
+    with Live(str(visualize.HISTORY_DIR.parents[1]), dvcyaml=False, save_dvc_exp=False) as live:
+        callback = DVCLiveCallback(live=live)
+        for epoch in range(3):
+            callback.on_epoch_end(epoch, logs)
+    history = visualize.read_history()
+    assert list(history.index) == [1, 2, 3]
+    labels = []
+    original_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, x, y, **kw: labels.append((kw.get("label"), list(y))) or original_plot(self, x, y, **kw))
+    visualize.plot_curves(history, [2], tmp_path / "curves.png")
+    if averaged:
+        assert ("val accuracy (weights' average)", [0.55] * 3) in labels
+        assert ("val accuracy (trained weights)", [0.52] * 3) in labels
+        assert ("val loss (trained weights)", [1.2] * 3) in labels
+    else:
+        assert ("val accuracy", [0.55] * 3) in labels and not any("trained" in str(label) for label, _ in labels)
