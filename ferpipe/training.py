@@ -171,7 +171,7 @@ class AveragedEarlyStopping(keras.callbacks.EarlyStopping):
     (val_loss, val_accuracy; Keras' own scores of the trained weights are kept as val_raw_loss and
     val_raw_accuracy), decides and keeps the best weights as early stopping does, then puts the trained
     weights back for the next epoch. Place it before the callbacks that read val_loss or val_accuracy:
-    the LR schedule, the logs and the kept epoch then all follow the average.
+    the logs, the kept epoch and the plateau schedule (the only one that reads val_loss) then follow the average.
     """
 
     def __init__(self, validation, batch_size: int, **kwargs):
@@ -183,12 +183,14 @@ class AveragedEarlyStopping(keras.callbacks.EarlyStopping):
         for metric in ("loss", "accuracy"):
             logs[f"val_raw_{metric}"] = logs[f"val_{metric}"]
         self.model.optimizer.finalize_variable_values(self.model.trainable_variables)  # the average in place
-        x, y = self.validation
-        scores = self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)
-        logs.update(val_loss=float(scores["loss"]), val_accuracy=float(scores["accuracy"]))
-        super().on_epoch_end(epoch, logs)
-        for variable, value in zip(self.model.trainable_variables, trained):
-            variable.assign(value)
+        try:
+            x, y = self.validation
+            scores = self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)
+            logs.update(val_loss=float(scores["loss"]), val_accuracy=float(scores["accuracy"]))
+            super().on_epoch_end(epoch, logs)
+        finally:  # training goes on from the trained weights, also after an interruption here
+            for variable, value in zip(self.model.trainable_variables, trained):
+                variable.assign(value)
 
 
 def _budget_advice(train: dict) -> str:

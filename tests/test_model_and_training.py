@@ -361,21 +361,24 @@ def test_best_epoch_follows_select_by():
     assert training.best_epoch(history, "val_accuracy") == 2
 
 
+class TrainedWeights(keras.callbacks.Callback):
+    """The weights being trained, after each epoch (callbacks placed after early stopping see those)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append([w.copy() for w in self.model.get_weights()])
+
+
 @pytest.mark.parametrize("select_by", ["val_loss", "val_accuracy"])
 def test_fit_keeps_the_weights_of_the_epoch_chosen_by_select_by(select_by):
-    class WeightsPerEpoch(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.weights = []
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.weights.append([w.copy() for w in self.model.get_weights()])
-
     images, labels = tiny_data()
     # pinned: this tiny run's two criteria must disagree (below), whatever params.yaml's default network
     train = recipe(model="compact", width=8, dropout=0.25, augment={"fused": False}, epochs=5, batch_size=8, lr=0.01,
                    early_stopping_patience=10, select_by=select_by)
-    recorder = WeightsPerEpoch()
+    recorder = TrainedWeights()
     model, history = training.fit(train, (images, labels), tiny_data(28, 1), extra_callbacks=[recorder], verbose=0)
     best = training.best_epoch(history.history, select_by)
     for kept, recorded in zip(model.get_weights(), recorder.weights[best]):
@@ -528,17 +531,6 @@ def test_an_interrupted_run_is_not_resumed_with_another_teacher(tmp_path):
     assert training.fingerprint(train) != before
 
 
-class TrainedWeights(keras.callbacks.Callback):
-    """The weights being trained, after each epoch (callbacks placed after early stopping see those)."""
-
-    def __init__(self):
-        super().__init__()
-        self.weights = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.weights.append([w.copy() for w in self.model.get_weights()])
-
-
 def test_weight_averaging_scores_and_keeps_the_average_without_changing_the_training():
     images, labels = tiny_data()
     val = tiny_data(28, 1)
@@ -572,11 +564,14 @@ def test_weight_averaging_carries_over_an_interruption(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         training.fit(train, (images, labels), val, verbose=0, resume_dir=tmp_path, extra_callbacks=[InterruptAfter()])
     state = json.loads((tmp_path / "state.json").read_text())
-    # the checkpoint holds the average (in the optimizer's state), not only the weights being trained
+    # the checkpoint's model holds the weights being trained, and its optimizer state the average
     saved = training.load_model(tmp_path / state["model_file"])
+    x, y = training.as_model_input(val[0]), training.one_hot(val[1])
+    trained = saved.evaluate(x, y, verbose=0, return_dict=True)
+    assert trained["loss"] == pytest.approx(state["logs"]["val_raw_loss"][1], rel=1e-5)
     saved.optimizer.finalize_variable_values(saved.trainable_variables)
-    scores = saved.evaluate(training.as_model_input(val[0]), training.one_hot(val[1]), verbose=0, return_dict=True)
-    assert scores["loss"] == pytest.approx(state["logs"]["val_loss"][1], rel=1e-5)
-    assert scores["loss"] != pytest.approx(state["logs"]["val_raw_loss"][1], rel=1e-5)
+    averaged = saved.evaluate(x, y, verbose=0, return_dict=True)
+    assert averaged["loss"] == pytest.approx(state["logs"]["val_loss"][1], rel=1e-5)
+    assert averaged["loss"] != pytest.approx(trained["loss"], rel=1e-5)
     _, resumed = training.fit(train, (images, labels), val, verbose=0, resume_dir=tmp_path)
     assert resumed.resumed_after == 2 and len(resumed.history["val_raw_accuracy"]) == 4

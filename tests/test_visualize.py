@@ -95,13 +95,12 @@ def test_the_curves_show_the_learning_rate(visualize, tmp_path, monkeypatch):
 @pytest.mark.parametrize("averaged", [False, True])
 def test_the_curves_show_the_trained_weights_beside_their_average(visualize, tmp_path, monkeypatch, averaged):
     from dvclive import Live
-    from dvclive.keras import DVCLiveCallback
 
     logs = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.55, "learning_rate": 1e-3}
     if averaged:  # what the train stage logs with train.ema
         logs.update(val_raw_loss=1.2, val_raw_accuracy=0.52)
     with Live(str(visualize.HISTORY_DIR.parents[1]), dvcyaml=False, save_dvc_exp=False) as live:
-        callback = DVCLiveCallback(live=live)
+        callback = load_stage(REPO, "train").LiveLogger(live)  # the train stage's own logger
         for epoch in range(3):
             callback.on_epoch_end(epoch, logs)
     history = visualize.read_history()
