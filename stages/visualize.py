@@ -68,12 +68,12 @@ def plot_curves(history: pd.DataFrame, kept: list[int], path: Path):
     axes[2].set_xlabel("epoch")
     for ax, metric in zip(axes, ("accuracy", "loss")):
         ax.plot(history.index, history[f"train_{metric}"], label=f"train {metric}")
-        if f"eval_raw_{metric}" in history:
-            ax.plot(history.index, history[f"eval_{metric}"], label=f"val {metric} (weights' average)")
+        averaged = f"eval_raw_{metric}" in history
+        ax.plot(history.index, history[f"eval_{metric}"],
+                label=f"val {metric}" + (" (weights' average)" if averaged else ""))
+        if averaged:
             ax.plot(history.index, history[f"eval_raw_{metric}"], label=f"val {metric} (trained weights)",
                     linestyle="--", alpha=0.7)
-        else:
-            ax.plot(history.index, history[f"eval_{metric}"], label=f"val {metric}")
         for i, epoch in enumerate(drops):
             ax.axvline(epoch, color="grey", linestyle=":", label="LR reduced" if i == 0 else None)
         ax.set_xlabel("epoch")
